@@ -1,0 +1,458 @@
+/*-------------------------------------------------------------------------
+ *
+ * api.c
+ *	  SQL-callable functions: template checks for watch(), invalidate(),
+ *	  invalidate_key(), flush_all(), sync() and the status view.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "keys.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
+
+PG_FUNCTION_INFO_V1(entity_cache_check_template);
+PG_FUNCTION_INFO_V1(entity_cache_trigger_args);
+PG_FUNCTION_INFO_V1(entity_cache_invalidate);
+PG_FUNCTION_INFO_V1(entity_cache_invalidate_key);
+PG_FUNCTION_INFO_V1(entity_cache_flush_all);
+PG_FUNCTION_INFO_V1(entity_cache_sync);
+PG_FUNCTION_INFO_V1(entity_cache_status);
+
+#define ENTITY_TABLE "app.entity"
+
+static void
+prevent_read_only(const char *what)
+{
+	PreventCommandIfReadOnly(what);
+	PreventCommandDuringRecovery(what);
+}
+
+/*
+ * _check_template(tbl regclass, key_template text): raise an error that
+ * names what is wrong with the template for this table.
+ */
+Datum
+entity_cache_check_template(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	char	   *tmpl = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	Relation	rel = table_open(relid, AccessShareLock);
+	EcBoundTemplate bt;
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION &&
+		rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
+				 errdetail("entity_cache watches ordinary and partitioned tables only.")));
+
+	ec_bind_template(&bt, tmpl, RelationGetDescr(rel));
+	if (!bt.complete)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("key template \"%s\" names column \"%s\", which table \"%s\" does not have",
+						tmpl, bt.missing, RelationGetRelationName(rel)),
+				 errhint("Placeholders are column names exactly as stored (case-sensitive, unquoted).")));
+	if (strchr(tmpl, '\n') || strchr(tmpl, '\r'))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid key template \"%s\": it contains a line break", tmpl)));
+
+	table_close(rel, AccessShareLock);
+	PG_RETURN_VOID();
+}
+
+/*
+ * _trigger_args(tgargs bytea, tgnargs int2) returns text[]: pg_trigger keeps
+ * the arguments NUL-separated, which SQL cannot split.
+ */
+Datum
+entity_cache_trigger_args(PG_FUNCTION_ARGS)
+{
+	bytea	   *args = PG_GETARG_BYTEA_PP(0);
+	int			nargs = PG_GETARG_INT16(1);
+	const char *p = VARDATA_ANY(args);
+	const char *end = p + VARSIZE_ANY_EXHDR(args);
+	Datum	   *elems = palloc(sizeof(Datum) * Max(nargs, 1));
+	int			n = 0;
+
+	while (n < nargs && p < end)
+	{
+		size_t		len = strnlen(p, end - p);
+
+		elems[n++] = PointerGetDatum(cstring_to_text_with_len(p, len));
+		p += len + 1;
+	}
+	PG_RETURN_ARRAYTYPE_P(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+typedef struct CodeOnly
+{
+	AttrNumber	code_attnum;
+	const char *code;
+} CodeOnly;
+
+static const char *
+code_only_value(void *arg, AttrNumber attnum)
+{
+	CodeOnly   *c = arg;
+
+	return attnum == c->code_attnum ? c->code : NULL;
+}
+
+typedef struct SpiRow
+{
+	HeapTuple	tuple;
+	TupleDesc	desc;
+} SpiRow;
+
+static const char *
+spi_row_value(void *arg, AttrNumber attnum)
+{
+	SpiRow	   *r = arg;
+
+	return SPI_getvalue(r->tuple, r->desc, attnum);
+}
+
+/*
+ * invalidate(code text) returns integer: queue every key of the app.entity
+ * row with that code.  With no such row (already deleted, say) the
+ * templates that need nothing but the code are still rendered from it.
+ */
+Datum
+entity_cache_invalidate(PG_FUNCTION_ARGS)
+{
+	char	   *code;
+	RangeVar   *rv;
+	Oid			relid;
+	Relation	rel;
+	List	   *templates;
+	ListCell   *lc;
+	EcQueueWriter *w;
+	StringInfoData key;
+	int			nkeys = 0;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1];
+	AttrNumber	code_attnum;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("code must not be NULL")));
+	code = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	prevent_read_only("entity_cache.invalidate()");
+
+	rv = makeRangeVar("app", "entity", -1);
+	relid = RangeVarGetRelid(rv, AccessShareLock, true);
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table %s does not exist", ENTITY_TABLE),
+				 errhint("Use entity_cache.invalidate_key() for keys of other tables.")));
+	rel = table_open(relid, NoLock);
+	templates = ec_watched_templates(rel);
+	if (templates == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table %s is not watched", ENTITY_TABLE),
+				 errhint("Run SELECT entity_cache.watch('%s');", ENTITY_TABLE)));
+	code_attnum = get_attnum(relid, "code");
+	if (code_attnum == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("table %s has no column \"code\"", ENTITY_TABLE)));
+
+	initStringInfo(&key);
+	w = ec_queue_open();
+
+	SPI_connect();
+	args[0] = CStringGetTextDatum(code);
+	SPI_execute_with_args(psprintf("SELECT * FROM %s WHERE code = $1",
+								   quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+															  RelationGetRelationName(rel))),
+						  1, argtypes, args, NULL, true, 0);
+
+	foreach(lc, templates)
+	{
+		EcBoundTemplate bt;
+		Datum		vals;
+
+		ec_bind_template(&bt, lfirst(lc), RelationGetDescr(rel));
+		if (!bt.complete)
+			continue;
+		if (SPI_processed == 0)
+		{
+			CodeOnly	c = {code_attnum, code};
+
+			if (ec_render_key(&bt, code_only_value, &c, &key, &vals))
+			{
+				ec_queue_add(w, EC_OP_KEY, key.data, relid, bt.text, vals, false);
+				nkeys++;
+			}
+			continue;
+		}
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			SpiRow		r = {SPI_tuptable->vals[i], SPI_tuptable->tupdesc};
+
+			if (ec_render_key(&bt, spi_row_value, &r, &key, &vals))
+			{
+				ec_queue_add(w, EC_OP_KEY, key.data, relid, bt.text, vals, false);
+				nkeys++;
+			}
+		}
+	}
+	SPI_finish();
+
+	ec_queue_close(w);
+	table_close(rel, NoLock);
+	PG_RETURN_INT32(nkeys);
+}
+
+/* invalidate_key(key text): queue one Redis key, whatever its shape. */
+Datum
+entity_cache_invalidate_key(PG_FUNCTION_ARGS)
+{
+	EcQueueWriter *w;
+	char	   *key;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("key must not be NULL")));
+	key = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (key[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("key must not be empty")));
+	prevent_read_only("entity_cache.invalidate_key()");
+
+	w = ec_queue_open();
+	ec_queue_add(w, EC_OP_KEY, key, InvalidOid, NULL, (Datum) 0, true);
+	ec_queue_close(w);
+	PG_RETURN_VOID();
+}
+
+/*
+ * flush_all() returns integer: queue a flush of every watched template's
+ * pattern; returns how many patterns were queued.
+ */
+Datum
+entity_cache_flush_all(PG_FUNCTION_ARGS)
+{
+	EcQueueWriter *w;
+	int			n = 0;
+
+	prevent_read_only("entity_cache.flush_all()");
+
+	SPI_connect();
+	SPI_execute("SELECT relid::oid, key_template FROM entity_cache.watched", true, 0);
+	w = ec_queue_open();
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Oid			relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+														   SPI_tuptable->tupdesc, 1, &isnull));
+		char	   *tmpl = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		EcBoundTemplate bt;
+
+		bt.text = tmpl;
+		ec_parse_template(tmpl, &bt.parsed);
+		if (ec_queue_add(w, EC_OP_FLUSH, ec_template_pattern(&bt), relid, tmpl,
+						 (Datum) 0, true))
+			n++;
+	}
+	ec_queue_close(w);
+	SPI_finish();
+	PG_RETURN_INT32(n);
+}
+
+/*
+ * Highest queue id visible to a fresh snapshot, skipping rows of our own
+ * transaction (the worker cannot see them before we commit).  Or, with
+ * upto >= 0, whether any such row with id <= upto exists (returned as
+ * its id, -1 if none).  A fresh snapshot rather than the transaction's so
+ * that sync() also works inside REPEATABLE READ transactions.
+ */
+static int64
+pending_id(Relation rel, int64 upto)
+{
+	Oid			indexoid = RelationGetPrimaryKeyIndex(rel);
+	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+	Relation	index = index_open(indexoid, AccessShareLock);
+	ScanKeyData skey;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	int64		result = -1;
+	ScanDirection dir = upto >= 0 ? ForwardScanDirection : BackwardScanDirection;
+
+	ScanKeyInit(&skey, 1, BTLessEqualStrategyNumber, F_INT8LE,
+				Int64GetDatum(upto >= 0 ? upto : PG_INT64_MAX));
+	scan = systable_beginscan_ordered(rel, index, snap, 1, &skey);
+	while ((tup = systable_getnext_ordered(scan, dir)) != NULL)
+	{
+		bool		isnull;
+
+		if (TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)))
+			continue;
+		result = DatumGetInt64(heap_getattr(tup, Anum_ec_queue_id,
+											RelationGetDescr(rel), &isnull));
+		break;
+	}
+	systable_endscan_ordered(scan);
+	index_close(index, AccessShareLock);
+	UnregisterSnapshot(snap);
+	return result;
+}
+
+static long
+interval_ms(Interval *span)
+{
+	int64		usec = span->time +
+		(int64) span->day * USECS_PER_DAY +
+		(int64) span->month * DAYS_PER_MONTH * USECS_PER_DAY;
+
+	if (usec < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout must not be negative")));
+	return (long) Min(usec / 1000, (int64) LONG_MAX);
+}
+
+/*
+ * sync(timeout interval) returns boolean: wait until every queue row
+ * committed before the call has been applied to Redis.
+ */
+Datum
+entity_cache_sync(PG_FUNCTION_ARGS)
+{
+	long		timeout_ms;
+	TimestampTz deadline;
+	Relation	rel;
+	int64		target;
+	bool		done = false;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("timeout must not be NULL")));
+	timeout_ms = interval_ms(PG_GETARG_INTERVAL_P(0));
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+
+	rel = table_open(ec_queue_relid(false), AccessShareLock);
+	target = pending_id(rel, -1);
+
+	for (;;)
+	{
+		long		left;
+
+		if (target < 0 || pending_id(rel, target) < 0)
+		{
+			done = true;
+			break;
+		}
+		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (left <= 0)
+			break;
+		left = Min(left, 100);
+		if (ec_shared)
+			ConditionVariableTimedSleep(&ec_shared->applied_cv, left, PG_WAIT_EXTENSION);
+		else
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 left, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+	if (ec_shared)
+		ConditionVariableCancelSleep();
+	table_close(rel, AccessShareLock);
+	PG_RETURN_BOOL(done);
+}
+
+/* _status(): the row behind the entity_cache.status view. */
+Datum
+entity_cache_status(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[8];
+	bool		nulls[8];
+	bool		isnull;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	memset(nulls, true, sizeof(nulls));
+
+	if (ec_shared)
+	{
+		pid_t		pid;
+		bool		connected;
+		uint64		applied,
+					errors;
+		TimestampTz err_at;
+		char		err[EC_LAST_ERROR_LEN];
+
+		SpinLockAcquire(&ec_shared->mutex);
+		pid = ec_shared->worker_pid;
+		connected = ec_shared->redis_connected;
+		applied = ec_shared->applied_total;
+		errors = ec_shared->errors_total;
+		err_at = ec_shared->last_error_at;
+		memcpy(err, ec_shared->last_error, sizeof(err));
+		SpinLockRelease(&ec_shared->mutex);
+
+		if (pid != 0)
+		{
+			values[0] = Int32GetDatum(pid);
+			nulls[0] = false;
+		}
+		values[1] = BoolGetDatum(pid != 0 && connected);
+		nulls[1] = false;
+		values[4] = Int64GetDatum((int64) applied);
+		nulls[4] = false;
+		values[5] = Int64GetDatum((int64) errors);
+		nulls[5] = false;
+		if (err_at != 0)
+		{
+			values[6] = CStringGetTextDatum(err);
+			nulls[6] = false;
+			values[7] = TimestampTzGetDatum(err_at);
+			nulls[7] = false;
+		}
+	}
+
+	SPI_connect();
+	SPI_execute("SELECT count(*), pg_catalog.clock_timestamp() - min(queued_at) "
+				"FROM entity_cache.queue", true, 0);
+	values[2] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	nulls[2] = false;
+	values[3] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	if (!isnull)
+	{
+		values[3] = PointerGetDatum(SPI_datumTransfer(values[3], false, sizeof(Interval)));
+		nulls[3] = false;
+	}
+	SPI_finish();
+
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}

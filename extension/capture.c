@@ -1,0 +1,171 @@
+/*-------------------------------------------------------------------------
+ *
+ * capture.c
+ *	  The capture trigger: statement-level, AFTER, with transition tables,
+ *	  so a COPY of a million rows is one trigger call and a single-row
+ *	  UPDATE is one call that reads one old and one new row.
+ *
+ * Arguments are the key templates.  INSERT queues the keys of the new rows,
+ * DELETE those of the old rows, UPDATE both (so a changed key column
+ * invalidates the old key and the new), TRUNCATE a flush of each template's
+ * pattern.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "keys.h"
+
+#include "commands/trigger.h"
+#include "executor/executor.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/tuplestore.h"
+
+PG_FUNCTION_INFO_V1(entity_cache_capture);
+
+typedef struct SlotValues
+{
+	TupleTableSlot *slot;
+	FmgrInfo   *outfuncs;		/* per attribute, fn_oid 0 until first use */
+} SlotValues;
+
+static const char *
+slot_value(void *arg, AttrNumber attnum)
+{
+	SlotValues *sv = arg;
+	bool		isnull;
+	Datum		d = slot_getattr(sv->slot, attnum, &isnull);
+	FmgrInfo   *f = &sv->outfuncs[attnum - 1];
+
+	if (isnull)
+		return NULL;
+	if (f->fn_oid == InvalidOid)
+	{
+		Oid			typoutput;
+		bool		typisvarlena;
+
+		getTypeOutputInfo(TupleDescAttr(sv->slot->tts_tupleDescriptor, attnum - 1)->atttypid,
+						  &typoutput, &typisvarlena);
+		fmgr_info(typoutput, f);
+	}
+	return OutputFunctionCall(f, d);
+}
+
+static void
+capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate *ts,
+			 EcBoundTemplate *bts, int nbts)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext,
+												 "entity_cache capture row",
+												 ALLOCSET_SMALL_SIZES);
+	MemoryContext oldcxt;
+	SlotValues	sv;
+	StringInfoData key;
+	int			readptr;
+
+	sv.slot = slot;
+	sv.outfuncs = palloc0(sizeof(FmgrInfo) * desc->natts);
+	initStringInfo(&key);
+
+	/*
+	 * Read with a pointer of our own, as a NamedTuplestoreScan does: another
+	 * trigger on the table may read the same transition table.
+	 */
+	readptr = tuplestore_alloc_read_pointer(ts, EXEC_FLAG_REWIND);
+	tuplestore_select_read_pointer(ts, readptr);
+	tuplestore_rescan(ts);
+
+	while (tuplestore_gettupleslot(ts, true, false, slot))
+	{
+		oldcxt = MemoryContextSwitchTo(rowcxt);
+		for (int i = 0; i < nbts; i++)
+		{
+			Datum		vals;
+
+			if (!bts[i].complete)
+				continue;
+			if (ec_render_key(&bts[i], slot_value, &sv, &key, &vals))
+				ec_queue_add(w, EC_OP_KEY, key.data, RelationGetRelid(rel),
+							 bts[i].text, vals, false);
+		}
+		MemoryContextSwitchTo(oldcxt);
+		MemoryContextReset(rowcxt);
+	}
+
+	ExecDropSingleTupleTableSlot(slot);
+	MemoryContextDelete(rowcxt);
+}
+
+Datum
+entity_cache_capture(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Trigger    *trig;
+	Relation	rel;
+	EcBoundTemplate *bts;
+	EcQueueWriter *w;
+	bool		truncate;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("entity_cache.capture() can only be called as a trigger"),
+				 errhint("Use entity_cache.watch(table) to install it.")));
+	if (!TRIGGER_FIRED_AFTER(td->tg_event) || !TRIGGER_FIRED_FOR_STATEMENT(td->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("entity_cache.capture() must be an AFTER ... FOR EACH STATEMENT trigger"),
+				 errhint("Use entity_cache.watch(table) to install it.")));
+
+	trig = td->tg_trigger;
+	rel = td->tg_relation;
+	truncate = TRIGGER_FIRED_BY_TRUNCATE(td->tg_event);
+
+	if (trig->tgnargs < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("entity_cache.capture() needs key templates as trigger arguments"),
+				 errhint("Use entity_cache.watch(table) to install it.")));
+
+	if (!truncate && td->tg_oldtable == NULL && td->tg_newtable == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("entity_cache.capture() needs transition tables"),
+				 errhint("Use entity_cache.watch(table) to install it.")));
+
+	bts = palloc(sizeof(EcBoundTemplate) * trig->tgnargs);
+	for (int i = 0; i < trig->tgnargs; i++)
+	{
+		ec_bind_template(&bts[i], trig->tgargs[i], RelationGetDescr(rel));
+		if (!bts[i].complete)
+			ereport(WARNING,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("key template \"%s\" of table \"%s\" names column \"%s\", which no longer exists",
+							bts[i].text, RelationGetRelationName(rel), bts[i].missing),
+					 errdetail("Every key of the template is flushed instead."),
+					 errhint("Call entity_cache.unwatch() and entity_cache.watch() with a template that names existing columns.")));
+	}
+
+	w = ec_queue_open();
+	for (int i = 0; i < trig->tgnargs; i++)
+	{
+		/* a flush is the only way to invalidate what we cannot render */
+		if (truncate || !bts[i].complete)
+			ec_queue_add(w, EC_OP_FLUSH, ec_template_pattern(&bts[i]),
+						 RelationGetRelid(rel), bts[i].text, (Datum) 0, true);
+	}
+	if (!truncate)
+	{
+		if (td->tg_oldtable)
+			capture_rows(w, rel, td->tg_oldtable, bts, trig->tgnargs);
+		if (td->tg_newtable)
+			capture_rows(w, rel, td->tg_newtable, bts, trig->tgnargs);
+	}
+	ec_queue_close(w);
+
+	return PointerGetDatum(NULL);
+}

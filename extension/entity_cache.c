@@ -1,0 +1,219 @@
+/*-------------------------------------------------------------------------
+ *
+ * entity_cache.c
+ *	  Module entry point: GUCs, the shared-memory segment, the background
+ *	  worker's registration and the after-commit wake-up.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "entity_cache.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+
+#include "redis_url.h"
+
+PG_MODULE_MAGIC;
+
+char	   *ec_database = NULL;
+char	   *ec_redis_url = NULL;
+char	   *ec_redis_password = NULL;
+int			ec_mode = EC_MODE_DELETE;
+int			ec_ttl = 300;
+int			ec_batch_size = 1000;
+int			ec_redis_timeout_ms = 2000;
+bool		ec_notify = true;
+
+EcShared   *ec_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static const struct config_enum_entry mode_options[] = {
+	{"delete", EC_MODE_DELETE, false},
+	{"refresh", EC_MODE_REFRESH, false},
+	{NULL, 0, false}
+};
+
+void		_PG_init(void);
+
+static bool
+check_redis_url(char **newval, void **extra, GucSource source)
+{
+	RedisUrl	url;
+	const char *err = redis_url_parse(*newval, &url);
+
+	if (err)
+	{
+		GUC_check_errmsg("invalid entity_cache.redis_url: %s", err);
+		GUC_check_errhint("Use redis://[user[:password]@]host[:port][/db] or unix:///path/to/redis.sock[?db=N].");
+		return false;
+	}
+	return true;
+}
+
+static void
+ec_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(EcShared)));
+}
+
+static void
+ec_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	ec_shared = ShmemInitStruct("entity_cache", sizeof(EcShared), &found);
+	if (!found)
+	{
+		memset(ec_shared, 0, sizeof(EcShared));
+		SpinLockInit(&ec_shared->mutex);
+		ec_shared->worker_procno = -1;
+		ConditionVariableInit(&ec_shared->applied_cv);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+static void
+define_gucs(void)
+{
+	DefineCustomStringVariable("entity_cache.database",
+							   "Database whose queue the entity_cache worker applies.",
+							   "The database where CREATE EXTENSION entity_cache was run.",
+							   &ec_database,
+							   "postgres",
+							   PGC_POSTMASTER,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("entity_cache.redis_url",
+							   "Redis server the worker sends invalidations to.",
+							   "redis://[user[:password]@]host[:port][/db] or unix:///path.sock[?db=N]. "
+							   "Only superusers can read it, as it may hold a password.",
+							   &ec_redis_url,
+							   "redis://127.0.0.1:6379/0",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   check_redis_url, NULL, NULL);
+
+	DefineCustomStringVariable("entity_cache.redis_password",
+							   "Redis password; overrides a password in redis_url.",
+							   NULL,
+							   &ec_redis_password,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("entity_cache.mode",
+							 "delete: DEL changed keys; refresh: SET them to the row's JSON.",
+							 NULL,
+							 &ec_mode,
+							 EC_MODE_DELETE,
+							 mode_options,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("entity_cache.ttl",
+							"Expiry of keys written in refresh mode.",
+							NULL,
+							&ec_ttl,
+							300, 1, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("entity_cache.batch_size",
+							"Queue rows applied per Redis round trip.",
+							NULL,
+							&ec_batch_size,
+							1000, 1, 100000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("entity_cache.redis_timeout",
+							"Connect and command timeout for Redis.",
+							"A Redis that does not answer within it is treated as down.",
+							&ec_redis_timeout_ms,
+							2000, 10, 600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("entity_cache.notify",
+							 "Also NOTIFY entity_cache, '<key>' at commit.",
+							 "For application instances that keep in-process caches.",
+							 &ec_notify,
+							 true,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("entity_cache");
+}
+
+static void
+register_worker(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	/* a standby never talks to Redis; promotion starts the worker */
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 1;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "entity_cache");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "entity_cache_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, EC_WORKER_NAME);
+	snprintf(worker.bgw_type, BGW_MAXLEN, EC_WORKER_NAME);
+	RegisterBackgroundWorker(&worker);
+}
+
+void
+_PG_init(void)
+{
+	define_gucs();
+	ec_queue_xact_init();
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = ec_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = ec_shmem_startup;
+
+	register_worker();
+}
+
+/*
+ * Called after a commit that queued rows.  Without preloading there is no
+ * worker to wake; the queue then waits for one.
+ */
+void
+ec_wake_worker(void)
+{
+	int			procno;
+
+	if (ec_shared == NULL)
+		return;
+	SpinLockAcquire(&ec_shared->mutex);
+	procno = ec_shared->worker_procno;
+	SpinLockRelease(&ec_shared->mutex);
+	if (procno >= 0)
+		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}

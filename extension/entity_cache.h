@@ -1,0 +1,87 @@
+/*-------------------------------------------------------------------------
+ *
+ * entity_cache.h
+ *	  Declarations shared by the SQL-callable side and the worker.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef ENTITY_CACHE_H
+#define ENTITY_CACHE_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "storage/condition_variable.h"
+#include "storage/spin.h"
+
+#define EC_SCHEMA "entity_cache"
+#define EC_QUEUE "queue"
+#define EC_QUEUE_SEQ "queue_id_seq"
+#define EC_NOTIFY_CHANNEL "entity_cache"
+#define EC_WORKER_NAME "entity_cache worker"
+
+/* queue.op */
+#define EC_OP_KEY 'k'			/* DEL the key, or SET it in refresh mode */
+#define EC_OP_FLUSH 'f'			/* SCAN MATCH key, UNLINK what matches */
+
+/* columns of entity_cache.queue, in order */
+#define Natts_ec_queue 7
+#define Anum_ec_queue_id 1
+#define Anum_ec_queue_op 2
+#define Anum_ec_queue_key 3
+#define Anum_ec_queue_relid 4
+#define Anum_ec_queue_template 5
+#define Anum_ec_queue_vals 6
+#define Anum_ec_queue_queued_at 7
+
+typedef enum EcMode
+{
+	EC_MODE_DELETE,
+	EC_MODE_REFRESH
+} EcMode;
+
+/* GUCs (entity_cache.c) */
+extern char *ec_database;
+extern char *ec_redis_url;
+extern char *ec_redis_password;
+extern int	ec_mode;
+extern int	ec_ttl;
+extern int	ec_batch_size;
+extern int	ec_redis_timeout_ms;
+extern bool ec_notify;
+
+#define EC_LAST_ERROR_LEN 512
+
+/* The one shared-memory segment: the worker's face to the backends. */
+typedef struct EcShared
+{
+	slock_t		mutex;
+	pid_t		worker_pid;		/* 0 while no worker runs */
+	int			worker_procno;	/* its PGPROC, for SetLatch; -1 if none */
+	bool		redis_connected;
+	uint64		applied_total;	/* queue rows applied to Redis */
+	uint64		errors_total;
+	TimestampTz last_error_at;
+	char		last_error[EC_LAST_ERROR_LEN];
+	ConditionVariable applied_cv;	/* broadcast after each applied batch */
+} EcShared;
+
+extern EcShared *ec_shared;		/* NULL unless preloaded */
+
+/* entity_cache.c */
+extern void ec_wake_worker(void);
+
+/* queue.c */
+extern Oid	ec_queue_relid(bool missing_ok);
+typedef struct EcQueueWriter EcQueueWriter;
+extern EcQueueWriter *ec_queue_open(void);
+extern bool ec_queue_add(EcQueueWriter *w, char op, const char *key,
+						 Oid relid, const char *template, Datum vals, bool vals_null);
+extern void ec_queue_close(EcQueueWriter *w);
+extern void ec_queue_xact_init(void);
+
+/* worker/worker.c */
+extern PGDLLEXPORT void entity_cache_worker_main(Datum main_arg);
+extern void ec_set_error(const char *fmt,...) pg_attribute_printf(1, 2);
+
+#endif							/* ENTITY_CACHE_H */

@@ -1,0 +1,145 @@
+/*-------------------------------------------------------------------------
+ *
+ * keys.c
+ *	  Key templates bound to a relation: validation messages, rendering a
+ *	  row into a key, and the flush pattern of a template.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "keys.h"
+
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/rel.h"
+
+/* Parse or raise an error that quotes the template and points at the fault. */
+void
+ec_parse_template(const char *text, EcTemplate *out)
+{
+	size_t		errpos;
+	const char *err = ec_template_parse(text, strlen(text), out, &errpos);
+
+	if (err)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid key template \"%s\": %s", text, err),
+				 text[0] ? errdetail("The problem is at byte %zu.", errpos + 1) : 0,
+				 errhint("A template is literal text with {column} placeholders, as in 'entity:metadata:{code}'.")));
+}
+
+/*
+ * Parse text and resolve its placeholders against desc.  A placeholder that
+ * names no live column leaves bt->complete false and bt->missing set: the
+ * caller decides whether that is an error (watch) or a reason to flush the
+ * whole pattern (a column renamed after watch).
+ */
+void
+ec_bind_template(EcBoundTemplate *bt, const char *text, TupleDesc desc)
+{
+	bt->text = text;
+	bt->complete = true;
+	bt->missing = NULL;
+	ec_parse_template(text, &bt->parsed);
+
+	for (int i = 0; i < bt->parsed.nparts; i++)
+	{
+		EcTemplatePart *p = &bt->parsed.parts[i];
+
+		bt->attnums[i] = 0;
+		if (!p->is_column)
+			continue;
+		for (int a = 0; a < desc->natts; a++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, a);
+
+			if (att->attisdropped)
+				continue;
+			if (strlen(NameStr(att->attname)) == p->len &&
+				memcmp(NameStr(att->attname), text + p->offset, p->len) == 0)
+			{
+				bt->attnums[i] = att->attnum;
+				break;
+			}
+		}
+		if (bt->attnums[i] == 0 && bt->complete)
+		{
+			bt->complete = false;
+			bt->missing = pnstrdup(text + p->offset, p->len);
+		}
+	}
+}
+
+/* The SCAN MATCH pattern that covers every key of the template. */
+char *
+ec_template_pattern(const EcBoundTemplate *bt)
+{
+	char	   *buf = palloc(ec_template_glob_size(&bt->parsed));
+
+	ec_template_glob(bt->text, &bt->parsed, buf);
+	return buf;
+}
+
+/*
+ * Render the key of one row into key.  If vals is not NULL, *vals becomes a
+ * text[] of the placeholder values (in template order), which the worker
+ * uses to find the row again in refresh mode.  Returns false when a
+ * placeholder is NULL: no application can have cached a row under a key
+ * built from a NULL.
+ */
+bool
+ec_render_key(const EcBoundTemplate *bt, EcValueFn fn, void *arg,
+			  StringInfo key, Datum *vals)
+{
+	Datum		elems[EC_TEMPLATE_MAX_PARTS];
+	int			nelems = 0;
+
+	resetStringInfo(key);
+	for (int i = 0; i < bt->parsed.nparts; i++)
+	{
+		const EcTemplatePart *p = &bt->parsed.parts[i];
+		const char *v;
+
+		if (!p->is_column)
+		{
+			appendBinaryStringInfo(key, bt->text + p->offset, p->len);
+			continue;
+		}
+		v = fn(arg, bt->attnums[i]);
+		if (v == NULL)
+			return false;
+		appendStringInfoString(key, v);
+		if (vals)
+			elems[nelems++] = CStringGetTextDatum(v);
+	}
+	if (vals)
+		*vals = PointerGetDatum(construct_array(elems, nelems, TEXTOID, -1, false,
+												TYPALIGN_INT));
+	return true;
+}
+
+/*
+ * The templates a relation is watched with: the arguments of its
+ * entity_cache insert trigger, which watch() keeps in step with the other
+ * three.  The triggers are the configuration, so pg_dump carries it.
+ */
+List *
+ec_watched_templates(Relation rel)
+{
+	TriggerDesc *td = rel->trigdesc;
+	List	   *result = NIL;
+
+	if (td == NULL)
+		return NIL;
+	for (int i = 0; i < td->numtriggers; i++)
+	{
+		Trigger    *t = &td->triggers[i];
+
+		if (strcmp(t->tgname, EC_TRIGGER_INSERT) != 0)
+			continue;
+		for (int j = 0; j < t->tgnargs; j++)
+			result = lappend(result, pstrdup(t->tgargs[j]));
+	}
+	return result;
+}

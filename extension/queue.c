@@ -1,0 +1,271 @@
+/*-------------------------------------------------------------------------
+ *
+ * queue.c
+ *	  Append rows to entity_cache.queue from the capture trigger and the
+ *	  SQL functions, once per key per transaction.
+ *
+ * This is on every writer's hot path, so rows go straight into the heap and
+ * its primary key index (the way the catalog code inserts) instead of
+ * through SPI: no parse, no plan, no executor start-up per statement, and no
+ * privilege check, which is what lets writers of a watched table queue keys
+ * without any right on the queue.
+ *
+ * A key already queued by the same transaction is not queued again.  The
+ * dedup table remembers which subtransaction queued each key, so that a
+ * rolled-back savepoint forgets its keys exactly as the heap forgets its
+ * rows.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "entity_cache.h"
+
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/indexing.h"
+#include "catalog/namespace.h"
+#include "commands/async.h"
+#include "commands/sequence.h"
+#include "common/hashfn.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+/* async.c's limit; a longer payload would make NOTIFY fail the write */
+#define EC_NOTIFY_PAYLOAD_MAX (BLCKSZ - NAMEDATALEN - 128)
+
+struct EcQueueWriter
+{
+	Relation	rel;
+	CatalogIndexState indstate;
+	Oid			seqid;
+	TimestampTz now;
+};
+
+typedef struct QueuedKey
+{
+	char	   *key;			/* op byte followed by the key; hash key */
+	SubTransactionId subid;		/* subtransaction that queued it */
+} QueuedKey;
+
+/* per-transaction state, all in a child of TopTransactionContext */
+static MemoryContext xact_cxt = NULL;
+static HTAB *queued_keys = NULL;
+static SubTransactionId max_subid = InvalidSubTransactionId;
+static bool xact_queued = false;
+
+static uint32
+queued_key_hash(const void *key, Size keysize)
+{
+	const char *s = *(char *const *) key;
+
+	return hash_bytes((const unsigned char *) s, strlen(s));
+}
+
+static int
+queued_key_match(const void *key1, const void *key2, Size keysize)
+{
+	return strcmp(*(char *const *) key1, *(char *const *) key2);
+}
+
+static void
+reset_xact_state(void)
+{
+	/* the memory goes with TopTransactionContext */
+	xact_cxt = NULL;
+	queued_keys = NULL;
+	max_subid = InvalidSubTransactionId;
+	xact_queued = false;
+}
+
+static void
+ec_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+			if (xact_queued)
+				ec_wake_worker();
+			reset_xact_state();
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			reset_xact_state();
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+ec_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					SubTransactionId parentSubid, void *arg)
+{
+	HASH_SEQ_STATUS seq;
+	QueuedKey  *entry;
+
+	if (queued_keys == NULL || max_subid < mySubid)
+		return;					/* nothing queued at this level or below */
+
+	if (event != SUBXACT_EVENT_COMMIT_SUB && event != SUBXACT_EVENT_ABORT_SUB)
+		return;
+
+	hash_seq_init(&seq, queued_keys);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		if (entry->subid != mySubid)
+			continue;
+		if (event == SUBXACT_EVENT_COMMIT_SUB)
+			entry->subid = parentSubid;
+		else
+			hash_search(queued_keys, &entry->key, HASH_REMOVE, NULL);
+	}
+}
+
+void
+ec_queue_xact_init(void)
+{
+	RegisterXactCallback(ec_xact_callback, NULL);
+	RegisterSubXactCallback(ec_subxact_callback, NULL);
+}
+
+Oid
+ec_queue_relid(bool missing_ok)
+{
+	Oid			nsp = get_namespace_oid(EC_SCHEMA, missing_ok);
+	Oid			relid = InvalidOid;
+
+	if (OidIsValid(nsp))
+		relid = get_relname_relid(EC_QUEUE, nsp);
+	if (!OidIsValid(relid) && !missing_ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("entity_cache.queue does not exist"),
+				 errhint("Run CREATE EXTENSION entity_cache in this database.")));
+	return relid;
+}
+
+EcQueueWriter *
+ec_queue_open(void)
+{
+	EcQueueWriter *w = palloc(sizeof(EcQueueWriter));
+	Oid			relid = ec_queue_relid(false);
+
+	w->seqid = get_relname_relid(EC_QUEUE_SEQ, get_rel_namespace(relid));
+	if (!OidIsValid(w->seqid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("entity_cache.queue_id_seq does not exist"),
+				 errhint("Reinstall the extension: DROP EXTENSION entity_cache CASCADE; CREATE EXTENSION entity_cache;")));
+	w->rel = table_open(relid, RowExclusiveLock);
+	if (RelationGetDescr(w->rel)->natts != Natts_ec_queue)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("entity_cache.queue does not have the columns this library expects"),
+				 errhint("The extension's SQL and library versions differ; run ALTER EXTENSION entity_cache UPDATE.")));
+	w->indstate = CatalogOpenIndexes(w->rel);
+	w->now = GetCurrentTimestamp();
+	return w;
+}
+
+void
+ec_queue_close(EcQueueWriter *w)
+{
+	CatalogCloseIndexes(w->indstate);
+	/* keep the lock until the end of the transaction, as the executor does */
+	table_close(w->rel, NoLock);
+	pfree(w);
+}
+
+/*
+ * Remember (op, key) for this transaction.  False if it was already queued
+ * by this transaction in a subtransaction that has not been rolled back.
+ */
+static bool
+remember_key(char op, const char *key)
+{
+	size_t		len = strlen(key);
+	char	   *k;
+	QueuedKey  *entry;
+	bool		found;
+
+	if (queued_keys == NULL)
+	{
+		HASHCTL		ctl;
+
+		xact_cxt = AllocSetContextCreate(TopTransactionContext,
+										 "entity_cache queued keys",
+										 ALLOCSET_DEFAULT_SIZES);
+		ctl.keysize = sizeof(char *);
+		ctl.entrysize = sizeof(QueuedKey);
+		ctl.hash = queued_key_hash;
+		ctl.match = queued_key_match;
+		ctl.hcxt = xact_cxt;
+		queued_keys = hash_create("entity_cache queued keys", 64, &ctl,
+								  HASH_ELEM | HASH_FUNCTION | HASH_COMPARE |
+								  HASH_CONTEXT);
+	}
+
+	k = MemoryContextAlloc(xact_cxt, len + 2);
+	k[0] = op;
+	memcpy(k + 1, key, len + 1);
+
+	entry = hash_search(queued_keys, &k, HASH_ENTER, &found);
+	if (found)
+	{
+		pfree(k);
+		return false;
+	}
+	entry->key = k;
+	entry->subid = GetCurrentSubTransactionId();
+	if (entry->subid > max_subid)
+		max_subid = entry->subid;
+	return true;
+}
+
+/*
+ * Queue one key (op EC_OP_KEY) or one MATCH pattern (EC_OP_FLUSH).  relid,
+ * template and vals let the worker find the row again in refresh mode; they
+ * may be InvalidOid / NULL.  Returns whether a row was added.
+ */
+bool
+ec_queue_add(EcQueueWriter *w, char op, const char *key, Oid relid,
+			 const char *template, Datum vals, bool vals_null)
+{
+	Datum		values[Natts_ec_queue];
+	bool		nulls[Natts_ec_queue];
+	HeapTuple	tuple;
+
+	if (!remember_key(op, key))
+		return false;
+
+	memset(nulls, false, sizeof(nulls));
+	values[Anum_ec_queue_id - 1] = Int64GetDatum(nextval_internal(w->seqid, false));
+	values[Anum_ec_queue_op - 1] = CharGetDatum(op);
+	values[Anum_ec_queue_key - 1] = CStringGetTextDatum(key);
+	values[Anum_ec_queue_relid - 1] = ObjectIdGetDatum(relid);
+	nulls[Anum_ec_queue_relid - 1] = !OidIsValid(relid);
+	if (template)
+		values[Anum_ec_queue_template - 1] = CStringGetTextDatum(template);
+	else
+		nulls[Anum_ec_queue_template - 1] = true;
+	values[Anum_ec_queue_vals - 1] = vals;
+	nulls[Anum_ec_queue_vals - 1] = vals_null;
+	values[Anum_ec_queue_queued_at - 1] = TimestampTzGetDatum(w->now);
+
+	tuple = heap_form_tuple(RelationGetDescr(w->rel), values, nulls);
+	CatalogTupleInsertWithInfo(w->rel, tuple, w->indstate);
+	heap_freetuple(tuple);
+	pfree(DatumGetPointer(values[Anum_ec_queue_key - 1]));
+
+	xact_queued = true;
+
+	if (ec_notify && strlen(key) < EC_NOTIFY_PAYLOAD_MAX)
+		Async_Notify(EC_NOTIFY_CHANNEL, key);
+
+	return true;
+}

@@ -1,0 +1,156 @@
+/*-------------------------------------------------------------------------
+ *
+ * template.c
+ *	  Parse key templates and turn them into Redis MATCH patterns.
+ *
+ * Grammar: literal text and "{column}" placeholders.  There is no escape
+ * for a literal brace: a stray '{' or '}' is far more likely a typo than a
+ * wish, so both are errors, reported with their offset.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "template.h"
+
+#include <string.h>
+
+static bool
+add_part(EcTemplate *out, size_t offset, size_t len, bool is_column)
+{
+	if (out->nparts >= EC_TEMPLATE_MAX_PARTS)
+		return false;
+	out->parts[out->nparts].offset = offset;
+	out->parts[out->nparts].len = len;
+	out->parts[out->nparts].is_column = is_column;
+	out->nparts++;
+	if (is_column)
+		out->ncolumns++;
+	return true;
+}
+
+const char *
+ec_template_parse(const char *tmpl, size_t len, EcTemplate *out, size_t *errpos)
+{
+	size_t		i = 0;
+	size_t		lit_start = 0;
+
+	out->nparts = 0;
+	out->ncolumns = 0;
+	*errpos = 0;
+
+	if (len == 0)
+		return "key template is empty";
+
+	while (i < len)
+	{
+		char		c = tmpl[i];
+
+		if (c == '\0')
+		{
+			*errpos = i;
+			return "key template contains a NUL byte";
+		}
+		if (c == '}')
+		{
+			*errpos = i;
+			return "'}' without a matching '{'";
+		}
+		if (c == '{')
+		{
+			size_t		start = i + 1;
+			size_t		j = start;
+
+			while (j < len && tmpl[j] != '}')
+			{
+				if (tmpl[j] == '{')
+				{
+					*errpos = j;
+					return "'{' inside a placeholder";
+				}
+				j++;
+			}
+			if (j >= len)
+			{
+				*errpos = i;
+				return "unterminated placeholder: '{' without a closing '}'";
+			}
+			if (j == start)
+			{
+				*errpos = i;
+				return "empty placeholder \"{}\": put a column name between the braces";
+			}
+			if (i > lit_start && !add_part(out, lit_start, i - lit_start, false))
+			{
+				*errpos = i;
+				return "key template has too many parts";
+			}
+			if (!add_part(out, start, j - start, true))
+			{
+				*errpos = i;
+				return "key template has too many parts";
+			}
+			i = j + 1;
+			lit_start = i;
+			continue;
+		}
+		i++;
+	}
+	if (len > lit_start && !add_part(out, lit_start, len - lit_start, false))
+	{
+		*errpos = lit_start;
+		return "key template has too many parts";
+	}
+	return NULL;
+}
+
+static bool
+is_glob_char(char c)
+{
+	return c == '*' || c == '?' || c == '[' || c == ']' || c == '\\';
+}
+
+size_t
+ec_glob_escape(const char *s, size_t len, char *buf)
+{
+	size_t		n = 0;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		if (is_glob_char(s[i]))
+			buf[n++] = '\\';
+		buf[n++] = s[i];
+	}
+	buf[n] = '\0';
+	return n;
+}
+
+size_t
+ec_template_glob_size(const EcTemplate *t)
+{
+	size_t		size = 1;
+
+	for (int i = 0; i < t->nparts; i++)
+		size += t->parts[i].is_column ? 1 : 2 * t->parts[i].len;
+	return size;
+}
+
+size_t
+ec_template_glob(const char *tmpl, const EcTemplate *t, char *buf)
+{
+	size_t		n = 0;
+
+	for (int i = 0; i < t->nparts; i++)
+	{
+		const EcTemplatePart *p = &t->parts[i];
+
+		/* adjacent placeholders collapse into one '*' */
+		if (p->is_column)
+		{
+			if (n == 0 || buf[n - 1] != '*' || (n >= 2 && buf[n - 2] == '\\'))
+				buf[n++] = '*';
+		}
+		else
+			n += ec_glob_escape(tmpl + p->offset, p->len, buf + n);
+	}
+	buf[n] = '\0';
+	return n;
+}

@@ -1,0 +1,24 @@
+/*-------------------------------------------------------------------------
+ *
+ * drain.h
+ *	  Apply one batch of the queue to Redis.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef EC_DRAIN_H
+#define EC_DRAIN_H
+
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+
+typedef enum EcDrainResult
+{
+	EC_DRAIN_OK,				/* *napplied rows applied and removed */
+	EC_DRAIN_REDIS_ERROR,		/* nothing removed; err says why */
+	EC_DRAIN_NOT_INSTALLED		/* no entity_cache.queue in this database */
+} EcDrainResult;
+
+extern EcDrainResult ec_drain_batch(int batch_size, uint64 *napplied, StringInfo err);
+
+#endif							/* EC_DRAIN_H */

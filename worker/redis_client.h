@@ -1,0 +1,28 @@
+/*-------------------------------------------------------------------------
+ *
+ * redis_client.h
+ *	  The worker's one Redis connection, over hiredis.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef EC_REDIS_CLIENT_H
+#define EC_REDIS_CLIENT_H
+
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+
+extern bool ec_redis_connect(const char *url, const char *password_override,
+							 int timeout_ms, StringInfo err);
+extern void ec_redis_disconnect(void);
+extern bool ec_redis_is_connected(void);
+
+/* Pipelining: append commands, then read all their replies in one go. */
+extern void ec_redis_append(int argc, const char **argv, const size_t *argvlen);
+extern bool ec_redis_read_replies(StringInfo err);
+
+/* SCAN MATCH pattern + UNLINK of what matches; adds to *nkeys. */
+extern bool ec_redis_flush_pattern(const char *pattern, size_t len,
+								   uint64 *nkeys, StringInfo err);
+
+#endif							/* EC_REDIS_CLIENT_H */

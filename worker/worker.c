@@ -1,0 +1,226 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The "entity_cache worker" background worker: connect to Redis, apply
+ *	  the queue batch by batch, sleep on the latch that committing writers
+ *	  set, and back off while Redis is unreachable.
+ *
+ * Modelled on src/test/modules/worker_spi and contrib/pg_prewarm's
+ * autoprewarm.  An ERROR that escapes a batch ends the process; the
+ * postmaster starts it again one second later and the rows it was
+ * applying are still queued.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "entity_cache.h"
+
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "drain.h"
+#include "redis_client.h"
+
+/* safety net: poll this often even if no commit sets the latch */
+#define POLL_INTERVAL_MS 1000
+#define NOT_INSTALLED_POLL_MS 5000
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+
+static void
+set_connected(bool connected)
+{
+	SpinLockAcquire(&ec_shared->mutex);
+	ec_shared->redis_connected = connected;
+	SpinLockRelease(&ec_shared->mutex);
+}
+
+/*
+ * Record an error for entity_cache.status and the server log.  Repeats of
+ * the previous message are counted but logged only every so often, so a
+ * long Redis outage does not flood the log.
+ */
+void
+ec_set_error(const char *fmt,...)
+{
+	static char prev[EC_LAST_ERROR_LEN];
+	static TimestampTz prev_logged = 0;
+	char		msg[EC_LAST_ERROR_LEN];
+	va_list		ap;
+	TimestampTz now = GetCurrentTimestamp();
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+
+	SpinLockAcquire(&ec_shared->mutex);
+	ec_shared->errors_total++;
+	ec_shared->last_error_at = now;
+	strlcpy(ec_shared->last_error, msg, sizeof(ec_shared->last_error));
+	SpinLockRelease(&ec_shared->mutex);
+
+	if (strcmp(prev, msg) != 0 ||
+		TimestampDifferenceExceeds(prev_logged, now, 60 * 1000))
+	{
+		ereport(LOG, (errmsg("entity_cache: %s", msg)));
+		strlcpy(prev, msg, sizeof(prev));
+		prev_logged = now;
+	}
+}
+
+static void
+worker_detach(int code, Datum arg)
+{
+	ec_redis_disconnect();
+	SpinLockAcquire(&ec_shared->mutex);
+	ec_shared->worker_pid = 0;
+	ec_shared->worker_procno = -1;
+	ec_shared->redis_connected = false;
+	SpinLockRelease(&ec_shared->mutex);
+}
+
+static void
+worker_attach(void)
+{
+	SpinLockAcquire(&ec_shared->mutex);
+	if (ec_shared->worker_pid != 0 && ec_shared->worker_pid != MyProcPid)
+	{
+		pid_t		other = ec_shared->worker_pid;
+
+		SpinLockRelease(&ec_shared->mutex);
+		ereport(ERROR,
+				(errmsg("another entity_cache worker is already running with PID %d", (int) other)));
+	}
+	ec_shared->worker_pid = MyProcPid;
+	ec_shared->worker_procno = MyProc->pgprocno;
+	ec_shared->redis_connected = false;
+	SpinLockRelease(&ec_shared->mutex);
+	before_shmem_exit(worker_detach, (Datum) 0);
+}
+
+static void
+wait_ms(long ms)
+{
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
+
+static long
+next_backoff(long backoff)
+{
+	return Min(Max(backoff * 2, BACKOFF_MIN_MS), BACKOFF_MAX_MS);
+}
+
+void
+entity_cache_worker_main(Datum main_arg)
+{
+	long		backoff = 0;
+	char	   *url = NULL;
+	char	   *password = NULL;
+	int			timeout_ms = 0;
+	StringInfoData err;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	if (ec_shared == NULL)
+		ereport(ERROR,
+				(errmsg("entity_cache must be loaded via shared_preload_libraries")));
+	worker_attach();
+
+	BackgroundWorkerInitializeConnection(ec_database, NULL, 0);
+	pgstat_report_appname(EC_WORKER_NAME);
+
+	/*
+	 * Losing the removal of applied rows in a crash only applies them again,
+	 * so the worker need not wait for its own WAL flushes.
+	 */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	ereport(LOG, (errmsg("entity_cache worker started for database \"%s\"", ec_database)));
+	initStringInfo(&err);
+
+	for (;;)
+	{
+		uint64		napplied;
+		EcDrainResult res;
+
+		CHECK_FOR_INTERRUPTS();
+
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		/* a changed URL, password or timeout means a new connection */
+		if (url == NULL || strcmp(url, ec_redis_url) != 0 ||
+			strcmp(password, ec_redis_password) != 0 ||
+			timeout_ms != ec_redis_timeout_ms)
+		{
+			if (url)
+			{
+				pfree(url);
+				pfree(password);
+			}
+			url = MemoryContextStrdup(TopMemoryContext, ec_redis_url);
+			password = MemoryContextStrdup(TopMemoryContext, ec_redis_password);
+			timeout_ms = ec_redis_timeout_ms;
+			ec_redis_disconnect();
+			set_connected(false);
+			backoff = 0;
+		}
+
+		resetStringInfo(&err);
+		if (!ec_redis_is_connected())
+		{
+			if (!ec_redis_connect(url, password, timeout_ms, &err))
+			{
+				ec_set_error("%s", err.data);
+				backoff = next_backoff(backoff);
+				wait_ms(backoff);
+				continue;
+			}
+			set_connected(true);
+			ereport(LOG, (errmsg("entity_cache worker connected to Redis")));
+		}
+
+		res = ec_drain_batch(ec_batch_size, &napplied, &err);
+		if (res == EC_DRAIN_NOT_INSTALLED)
+		{
+			wait_ms(NOT_INSTALLED_POLL_MS);
+			continue;
+		}
+		if (res == EC_DRAIN_REDIS_ERROR)
+		{
+			ec_set_error("%s", err.data);
+			set_connected(ec_redis_is_connected());
+			backoff = next_backoff(backoff);
+			wait_ms(backoff);
+			continue;
+		}
+
+		backoff = 0;
+		if (napplied > 0)
+		{
+			SpinLockAcquire(&ec_shared->mutex);
+			ec_shared->applied_total += napplied;
+			SpinLockRelease(&ec_shared->mutex);
+			ConditionVariableBroadcast(&ec_shared->applied_cv);
+		}
+		/* a full batch means there is probably more: go again at once */
+		if (napplied < (uint64) ec_batch_size)
+			wait_ms(POLL_INTERVAL_MS);
+	}
+}
