@@ -27,7 +27,7 @@
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
-#include "utils/varlena.h"
+#include "nodes/makefuncs.h"
 
 PG_FUNCTION_INFO_V1(entity_cache_check_template);
 PG_FUNCTION_INFO_V1(entity_cache_trigger_args);

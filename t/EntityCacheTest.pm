@@ -1,0 +1,146 @@
+# Helpers for the TAP suites: a throwaway Redis on a free loopback port and
+# a PostgreSQL cluster with entity_cache preloaded and app.entity created.
+package EntityCacheTest;
+
+use strict;
+use warnings;
+
+use Exporter 'import';
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Time::HiRes qw(usleep time);
+use Test::More;
+
+our @EXPORT = qw(start_redis redis_cli stop_redis new_node create_entity_schema
+  wait_for_sync wait_until);
+
+my @redis_servers;
+
+# start_redis(extra => ['--requirepass', 'x'], port => N, dir => D)
+sub start_redis
+{
+	my (%opts) = @_;
+	my $port = $opts{port} // PostgreSQL::Test::Cluster::get_free_port();
+	my $dir = $opts{dir} // PostgreSQL::Test::Utils::tempdir('redis');
+	my @extra = @{ $opts{extra} // [] };
+	my @persist = $opts{persist} ? ('--save', '', '--appendonly', 'yes',
+		'--appendfsync', 'always') : ('--save', '', '--appendonly', 'no');
+	my @cmd = (
+		'redis-server', '--port', $port, '--bind', '127.0.0.1',
+		'--dir', $dir, '--daemonize', 'yes',
+		'--pidfile', "$dir/redis.pid", '--logfile', "$dir/redis.log",
+		@persist, @extra);
+	system(@cmd) == 0 or die "could not start redis-server: @cmd";
+	my $r = { port => $port, dir => $dir, extra => \@extra,
+		persist => $opts{persist}, password => $opts{password} };
+	for (1 .. 100)
+	{
+		last if -s "$dir/redis.pid" && redis_cli($r, 'PING') eq 'PONG';
+		usleep(50_000);
+	}
+	die "redis-server on port $port did not answer" unless redis_cli($r, 'PING') eq 'PONG';
+	open my $fh, '<', "$dir/redis.pid" or die;
+	chomp($r->{pid} = <$fh>);
+	close $fh;
+	push @redis_servers, $r;
+	return $r;
+}
+
+# redis_cli($r, @args): the reply as redis-cli prints it, chomped
+sub redis_cli
+{
+	my ($r, @args) = @_;
+	my @auth = defined $r->{password} ? ('--no-auth-warning', '-a', $r->{password}) : ();
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ 'redis-cli', '-h', '127.0.0.1', '-p', $r->{port}, @auth, @args ],
+		'>', \$out, '2>', \$err);
+	chomp $out;
+	return $out;
+}
+
+sub stop_redis
+{
+	my ($r) = @_;
+	return unless $r->{pid};
+	kill 'CONT', $r->{pid};
+	kill 'TERM', $r->{pid};
+	for (1 .. 100)
+	{
+		last unless kill 0, $r->{pid};
+		usleep(50_000);
+	}
+	kill 'KILL', $r->{pid} if kill 0, $r->{pid};
+	delete $r->{pid};
+}
+
+END
+{
+	stop_redis($_) for @redis_servers;
+}
+
+# the seed table of the application, as the README describes it
+sub create_entity_schema
+{
+	my ($node) = @_;
+	$node->safe_psql('postgres', q{
+		CREATE SCHEMA app;
+		CREATE TABLE app.entity (
+			code text PRIMARY KEY,
+			entity_type text NOT NULL DEFAULT 'thing',
+			label text,
+			label_plural text,
+			icon text,
+			child_entity_codes text[],
+			active_flag boolean NOT NULL DEFAULT true,
+			created_ts timestamptz NOT NULL DEFAULT now(),
+			modified_ts timestamptz NOT NULL DEFAULT now());
+	});
+}
+
+# new_node($name, $redis, conf => "extra lines", no_schema => 1)
+sub new_node
+{
+	my ($name, $redis, %opts) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(%{ $opts{init} // {} });
+	my $url = "redis://127.0.0.1:$redis->{port}/0";
+	$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'entity_cache'
+entity_cache.database = 'postgres'
+entity_cache.redis_url = '$url'
+entity_cache.redis_timeout = 1000
+} . ($opts{conf} // ''));
+	$node->start;
+	unless ($opts{no_schema})
+	{
+		create_entity_schema($node);
+		$node->safe_psql('postgres', 'CREATE EXTENSION entity_cache');
+	}
+	return $node;
+}
+
+# poll until $code returns true, or $timeout seconds pass
+sub wait_until
+{
+	my ($code, $timeout) = @_;
+	$timeout //= 30;
+	my $deadline = time() + $timeout;
+	while (time() < $deadline)
+	{
+		return 1 if $code->();
+		usleep(50_000);
+	}
+	return 0;
+}
+
+# entity_cache.sync() until true: everything committed so far is in Redis
+sub wait_for_sync
+{
+	my ($node, $timeout) = @_;
+	$timeout //= 60;
+	return wait_until(sub {
+		$node->safe_psql('postgres', "SELECT entity_cache.sync('1 s')") eq 't';
+	}, $timeout);
+}
+
+1;
