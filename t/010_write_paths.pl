@@ -77,8 +77,8 @@ for my $c (@cases)
 
 # COPY FROM, through psql's \copy
 cache_all();
-$node->safe_psql('postgres', "COPY app.entity (code, label) FROM stdin;\nc14\tcopied\nc100\tnew\n\\.\n");
-$node->safe_psql('postgres', q{DELETE FROM app.entity WHERE code = 'c14'});
+$node->safe_psql('postgres', "COPY app.entity (code, label) FROM stdin;\nc200\tcopied\nc100\tnew\n\\.\n");
+$node->safe_psql('postgres', q{UPDATE app.entity SET label = NULL WHERE code = 'c200'});
 ok(wait_for_sync($node), 'COPY: sync');
 is(redis_cli($redis, 'EXISTS', 'entity:metadata:c100'), '0', 'COPY: new key invalidated');
 
@@ -123,7 +123,8 @@ ok(wait_for_sync($node), 'refresh delete: sync');
 is(redis_cli($redis, 'EXISTS', 'entity:metadata:r2'), '0', 'refresh: deleted row deletes the key');
 
 # flush_all removes every key of every template, nothing else
-redis_cli($redis, 'SET', "entity:metadata:f$_", 'x') for 1 .. 2500;
+redis_cli($redis, 'EVAL',
+	"for i = 1, 2500 do redis.call('SET', 'entity:metadata:f' .. i, 'x') end", '0');
 redis_cli($redis, 'SET', 'child:77', 'x');
 redis_cli($redis, 'SET', 'entity:other', 'keep');
 is($node->safe_psql('postgres', 'SELECT entity_cache.flush_all()'), '2', 'flush_all queues one flush per template');

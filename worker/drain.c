@@ -190,7 +190,9 @@ get_lookup(Oid relid, const char *template)
 		elog(ERROR, "could not prepare refresh lookup \"%s\": %s",
 			 sql.data, SPI_result_code_string(SPI_result));
 	SPI_keepplan(l->plan);
+	old = MemoryContextSwitchTo(TopMemoryContext);
 	lookups = lappend(lookups, l);
+	MemoryContextSwitchTo(old);
 	return l;
 }
 
