@@ -52,6 +52,8 @@ WHERE t.tgname = 'entity_cache_insert'
   AND t.tgfoid = 'entity_cache.capture()'::pg_catalog.regprocedure
 ORDER BY t.tgrelid, a.ord;
 
+GRANT SELECT ON entity_cache.watched TO PUBLIC;
+
 CREATE FUNCTION entity_cache.watch(tbl regclass,
                                    key_template text DEFAULT 'entity:metadata:{code}')
 RETURNS void
@@ -103,15 +105,21 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    trg name;
 BEGIN
     IF tbl IS NULL THEN
         RAISE EXCEPTION 'entity_cache.unwatch() needs a table'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    EXECUTE format('DROP TRIGGER IF EXISTS entity_cache_insert ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS entity_cache_update ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS entity_cache_delete ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS entity_cache_truncate ON %s', tbl);
+    FOR trg IN
+        SELECT tgname FROM pg_trigger
+        WHERE tgrelid = tbl
+          AND tgname IN ('entity_cache_insert', 'entity_cache_update',
+                         'entity_cache_delete', 'entity_cache_truncate')
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', trg, tbl);
+    END LOOP;
 END
 $$;
 

@@ -1,0 +1,145 @@
+-- Every write path queues the right keys, in the same transaction.
+SET entity_cache.notify = off;
+
+-- INSERT, one row and many
+INSERT INTO app.entity (code, label) VALUES ('a', 'A');
+INSERT INTO app.entity (code, label) SELECT 'm' || g, 'M' FROM generate_series(1, 3) g;
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+
+-- UPDATE
+UPDATE app.entity SET label = 'A2' WHERE code = 'a';
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+
+-- UPDATE that changes the key column: old and new key
+UPDATE app.entity SET code = 'b' WHERE code = 'a';
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+
+-- multi-row UPDATE and DELETE
+UPDATE app.entity SET label = 'x' WHERE code LIKE 'm%';
+DELETE FROM app.entity WHERE code = 'm3';
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+
+-- INSERT ... ON CONFLICT DO UPDATE: the conflicting row and the new one
+INSERT INTO app.entity (code, label) VALUES ('b', 'B'), ('c', 'C')
+ON CONFLICT (code) DO UPDATE SET label = excluded.label;
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+
+-- ON CONFLICT DO NOTHING that changes nothing queues nothing
+INSERT INTO app.entity (code) VALUES ('b') ON CONFLICT DO NOTHING;
+SELECT * FROM queued;
+
+-- MERGE: update, insert and delete actions
+MERGE INTO app.entity e
+USING (VALUES ('b', 'Bm'), ('d', 'Dm'), ('m1', NULL)) v(code, label) ON e.code = v.code
+WHEN MATCHED AND v.label IS NULL THEN DELETE
+WHEN MATCHED THEN UPDATE SET label = v.label
+WHEN NOT MATCHED THEN INSERT (code, label) VALUES (v.code, v.label);
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+
+-- COPY FROM
+COPY app.entity (code, label) FROM stdin;
+e1	copied
+e2	copied
+\.
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+
+-- writes inside functions and DO blocks
+CREATE FUNCTION relabel(c text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE app.entity SET label = 'fn' WHERE code = c;
+END $$;
+SELECT relabel('e1');
+DO $$BEGIN DELETE FROM app.entity WHERE code = 'e2'; END$$;
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+
+-- session_replication_role = replica: the triggers fire ALWAYS
+SET session_replication_role = replica;
+UPDATE app.entity SET label = 'replica' WHERE code = 'c';
+RESET session_replication_role;
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+
+-- ON DELETE CASCADE into a watched table
+CREATE TABLE app.attr (
+    id int PRIMARY KEY,
+    entity_code text NOT NULL REFERENCES app.entity (code) ON DELETE CASCADE ON UPDATE CASCADE,
+    name text);
+SELECT entity_cache.watch('app.attr', 'attr:{entity_code}:{id}');
+INSERT INTO app.attr VALUES (1, 'd', 'x'), (2, 'd', 'y'), (3, 'c', 'z');
+SELECT count(*) FROM take_queue();
+DELETE FROM app.entity WHERE code = 'd';
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+-- ON UPDATE CASCADE rewrites the child's key
+UPDATE app.entity SET code = 'c2' WHERE code = 'c';
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+
+-- many changes of one key in one transaction: queued once
+BEGIN;
+UPDATE app.entity SET label = 'v1' WHERE code = 'b';
+UPDATE app.entity SET label = 'v2' WHERE code = 'b';
+DELETE FROM app.entity WHERE code = 'b';
+INSERT INTO app.entity (code) VALUES ('b');
+SELECT * FROM queued;
+COMMIT;
+SELECT count(*) FROM take_queue();
+
+-- a rolled-back transaction queues nothing
+BEGIN;
+UPDATE app.entity SET label = 'gone' WHERE code = 'b';
+ROLLBACK;
+SELECT * FROM queued;
+
+-- a rolled-back subtransaction queues nothing, and a key it had queued is
+-- queued again if changed after the rollback
+BEGIN;
+UPDATE app.entity SET label = 'kept' WHERE code = 'e1';
+SAVEPOINT s1;
+UPDATE app.entity SET label = 'lost' WHERE code = 'b';
+UPDATE app.entity SET label = 'lost' WHERE code = 'e1';
+ROLLBACK TO s1;
+SELECT * FROM queued;
+UPDATE app.entity SET label = 'again' WHERE code = 'b';
+SELECT * FROM queued;
+COMMIT;
+SELECT count(*) FROM take_queue();
+
+-- an exception block is a subtransaction too
+DO $$
+BEGIN
+    BEGIN
+        UPDATE app.entity SET label = 'boom' WHERE code = 'e1';
+        RAISE EXCEPTION 'rolled back';
+    EXCEPTION WHEN raise_exception THEN
+        NULL;
+    END;
+END $$;
+SELECT * FROM queued;
+
+-- a released savepoint keeps its keys, and dedups against them
+BEGIN;
+SAVEPOINT s2;
+UPDATE app.entity SET label = 'sp' WHERE code = 'e1';
+RELEASE s2;
+UPDATE app.entity SET label = 'sp2' WHERE code = 'e1';
+COMMIT;
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+
+-- TRUNCATE queues a flush of each template's pattern
+TRUNCATE app.entity CASCADE;
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+
+-- UPDATE that matches no row queues nothing
+UPDATE app.entity SET label = 'none' WHERE code = 'nope';
+SELECT * FROM queued;

@@ -1,0 +1,48 @@
+-- Bad settings are refused with a message that says what is wrong.
+ALTER SYSTEM SET entity_cache.redis_url = '';
+ALTER SYSTEM SET entity_cache.redis_url = 'http://127.0.0.1:6379';
+ALTER SYSTEM SET entity_cache.redis_url = 'rediss://127.0.0.1:6379';
+ALTER SYSTEM SET entity_cache.redis_url = 'redis://';
+ALTER SYSTEM SET entity_cache.redis_url = 'redis://:6379/0';
+ALTER SYSTEM SET entity_cache.redis_url = 'redis://user:pw@/0';
+ALTER SYSTEM SET entity_cache.redis_url = 'redis://127.0.0.1:0';
+ALTER SYSTEM SET entity_cache.redis_url = 'redis://127.0.0.1:65536';
+ALTER SYSTEM SET entity_cache.redis_url = 'redis://127.0.0.1:port';
+ALTER SYSTEM SET entity_cache.redis_url = 'redis://127.0.0.1:6379/db1';
+ALTER SYSTEM SET entity_cache.redis_url = 'redis://[::1';
+ALTER SYSTEM SET entity_cache.redis_url = 'redis://us%zzer:pw@h';
+ALTER SYSTEM SET entity_cache.redis_url = 'unix://';
+ALTER SYSTEM SET entity_cache.redis_url = 'unix://relative/redis.sock';
+ALTER SYSTEM SET entity_cache.redis_url = 'unix:///run/redis.sock?database=1';
+ALTER SYSTEM SET entity_cache.mode = 'invalidate';
+ALTER SYSTEM SET entity_cache.ttl = 0;
+ALTER SYSTEM SET entity_cache.ttl = -1;
+ALTER SYSTEM SET entity_cache.batch_size = 0;
+ALTER SYSTEM SET entity_cache.batch_size = -5;
+ALTER SYSTEM SET entity_cache.redis_timeout = 0;
+SET entity_cache.mode = 'refresh';
+SET entity_cache.database = 'other';
+SET entity_cache.no_such_setting = 1;
+
+-- good values are accepted (and then put back)
+ALTER SYSTEM SET entity_cache.redis_url = 'redis://app:p%40ss@cache.internal:6380/2';
+ALTER SYSTEM SET entity_cache.redis_url = 'redis://[::1]:6379';
+ALTER SYSTEM SET entity_cache.redis_url = 'unix:///run/redis/redis.sock?db=3';
+ALTER SYSTEM SET entity_cache.mode = 'refresh';
+ALTER SYSTEM SET entity_cache.ttl = '5min';
+ALTER SYSTEM RESET ALL;
+
+-- the capture function is only a trigger
+SELECT entity_cache.capture();
+CREATE TABLE app.rowtrig (id int);
+CREATE TRIGGER bad AFTER INSERT ON app.rowtrig FOR EACH ROW EXECUTE FUNCTION entity_cache.capture('k:{id}');
+INSERT INTO app.rowtrig VALUES (1);
+DROP TRIGGER bad ON app.rowtrig;
+CREATE TRIGGER bad AFTER INSERT ON app.rowtrig FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture('k:{id}');
+INSERT INTO app.rowtrig VALUES (1);
+DROP TABLE app.rowtrig;
+
+-- invalidate() needs app.entity watched
+SELECT entity_cache.unwatch('app.entity');
+SELECT entity_cache.invalidate('x');
+SELECT entity_cache.watch('app.entity');

@@ -1,0 +1,68 @@
+-- Writers need no rights on the queue; nobody else may touch it.
+SET entity_cache.notify = off;
+CREATE ROLE ec_writer LOGIN;
+CREATE ROLE ec_admin LOGIN;
+GRANT USAGE ON SCHEMA app TO ec_writer, ec_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON app.entity TO ec_writer;
+GRANT EXECUTE ON FUNCTION entity_cache.invalidate_key(text), entity_cache.flush_all()
+    TO ec_admin;
+
+SET ROLE ec_writer;
+INSERT INTO app.entity (code) VALUES ('p1');
+UPDATE app.entity SET label = 'w' WHERE code = 'p1';
+DELETE FROM app.entity WHERE code = 'p1';
+SELECT * FROM entity_cache.queue;
+INSERT INTO entity_cache.queue (op, key) VALUES ('k', 'forged');
+DELETE FROM entity_cache.queue;
+SELECT entity_cache.flush_all();
+SELECT entity_cache.invalidate_key('x');
+SELECT entity_cache.invalidate('p1');
+SELECT entity_cache.watch('app.entity', 'y:{code}');
+SELECT entity_cache.unwatch('app.entity');
+SELECT * FROM entity_cache.status;
+SHOW entity_cache.redis_password;
+SHOW entity_cache.redis_url;
+SELECT count(*) FROM pg_settings WHERE name IN ('entity_cache.redis_password', 'entity_cache.redis_url');
+SELECT entity_cache.sync('10 ms');
+RESET ROLE;
+
+-- the writer's changes were captured
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+
+-- a granted role may queue by hand; monitoring roles may read status
+SET ROLE ec_admin;
+SELECT entity_cache.invalidate_key('granted');
+SELECT entity_cache.flush_all();
+RESET ROLE;
+GRANT pg_monitor TO ec_writer;
+SET ROLE ec_writer;
+SELECT queue_depth FROM entity_cache.status;
+RESET ROLE;
+SELECT count(*) FROM take_queue();
+
+-- a hostile search_path does not reach into the extension's functions:
+-- watch() pins its own path, capture and the queue code resolve nothing
+-- by name through it
+CREATE SCHEMA evil;
+CREATE FUNCTION evil.quote_literal(text) RETURNS text LANGUAGE sql
+    AS $$ SELECT '''hijacked:{code}''' $$;
+CREATE FUNCTION evil.array_agg(text) RETURNS text[] LANGUAGE sql
+    AS $$ SELECT ARRAY['hijacked'] $$;
+CREATE TABLE evil.queue (x int);
+SET search_path = evil, public;
+SELECT entity_cache.watch('app.entity', 'evil:{code}');
+INSERT INTO app.entity (code) VALUES ('p2');
+RESET search_path;
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+SELECT count(*) FROM evil.queue;
+SELECT entity_cache.unwatch('app.entity');
+SELECT entity_cache.watch('app.entity');
+
+DROP SCHEMA evil CASCADE;
+REVOKE ALL ON app.entity FROM ec_writer;
+REVOKE ALL ON SCHEMA app FROM ec_writer, ec_admin;
+REVOKE ALL ON FUNCTION entity_cache.invalidate_key(text), entity_cache.flush_all() FROM ec_admin;
+DROP ROLE ec_writer;
+DROP ROLE ec_admin;

@@ -1,0 +1,36 @@
+-- CREATE EXTENSION watches app.entity when the table already exists.
+CREATE SCHEMA app;
+CREATE TABLE app.entity (
+    code text PRIMARY KEY,
+    entity_type text NOT NULL DEFAULT 'thing',
+    label text,
+    label_plural text,
+    icon text,
+    child_entity_codes text[],
+    active_flag boolean NOT NULL DEFAULT true,
+    created_ts timestamptz NOT NULL DEFAULT now(),
+    modified_ts timestamptz NOT NULL DEFAULT now()
+);
+CREATE EXTENSION entity_cache;
+
+SELECT * FROM entity_cache.watched;
+
+-- four statement-level triggers, ENABLE ALWAYS ('A') so that replica-role
+-- sessions are captured too
+SELECT tgname, tgenabled, tgtype
+FROM pg_trigger WHERE tgrelid = 'app.entity'::regclass ORDER BY tgname;
+
+-- the queue is empty and owned by the extension
+SELECT count(*) FROM entity_cache.queue;
+SELECT classid::regclass, objid::regclass
+FROM pg_depend
+WHERE refobjid = (SELECT oid FROM pg_extension WHERE extname = 'entity_cache')
+  AND classid = 'pg_class'::regclass
+ORDER BY 2::text;
+
+-- a helper for the suites: show what was queued, then clear it
+CREATE FUNCTION take_queue(OUT op "char", OUT key text, OUT vals text[])
+RETURNS SETOF record LANGUAGE sql AS $$
+    DELETE FROM entity_cache.queue RETURNING op, key, vals
+$$;
+CREATE VIEW queued AS SELECT op, key, vals FROM entity_cache.queue ORDER BY id;
