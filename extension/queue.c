@@ -33,6 +33,13 @@
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
+/*
+ * Past this many distinct keys in one transaction (a bulk load) stop
+ * remembering them: duplicates in the queue are harmless, memory that grows
+ * with the load is not.
+ */
+#define EC_DEDUP_MAX_KEYS 100000
+
 /* async.c's limit; a longer payload would make NOTIFY fail the write */
 #define EC_NOTIFY_PAYLOAD_MAX (BLCKSZ - NAMEDATALEN - 128)
 
@@ -209,6 +216,9 @@ remember_key(char op, const char *key)
 								  HASH_ELEM | HASH_FUNCTION | HASH_COMPARE |
 								  HASH_CONTEXT);
 	}
+
+	if (hash_get_num_entries(queued_keys) >= EC_DEDUP_MAX_KEYS)
+		return true;
 
 	k = MemoryContextAlloc(xact_cxt, len + 2);
 	k[0] = op;

@@ -75,7 +75,19 @@ for my $c (@cases)
 	}
 }
 
-# COPY FROM, through psql's \copy
+# NOTIFY entity_cache, '<key>' at commit, unless entity_cache.notify is off
+my $heard = $node->safe_psql('postgres', q{LISTEN entity_cache;
+	UPDATE app.entity SET label = 'n' WHERE code = 'c15';});
+like($heard, qr/notification "entity_cache" with payload "entity:metadata:c15"/,
+	'NOTIFY carries the key');
+$heard = $node->safe_psql('postgres', q{LISTEN entity_cache; SET entity_cache.notify = off;
+	UPDATE app.entity SET label = 'n2' WHERE code = 'c15';});
+unlike($heard, qr/notification/, 'no NOTIFY with entity_cache.notify = off');
+$heard = $node->safe_psql('postgres', q{LISTEN entity_cache;
+	BEGIN; UPDATE app.entity SET label = 'n3' WHERE code = 'c15'; ROLLBACK;});
+unlike($heard, qr/notification/, 'no NOTIFY for a rolled-back change');
+
+# COPY FROM
 cache_all();
 $node->safe_psql('postgres', "COPY app.entity (code, label) FROM stdin;\nc200\tcopied\nc100\tnew\n\\.\n");
 $node->safe_psql('postgres', q{UPDATE app.entity SET label = NULL WHERE code = 'c200'});

@@ -128,6 +128,7 @@ entity_cache_worker_main(Datum main_arg)
 	char	   *url = NULL;
 	char	   *password = NULL;
 	int			timeout_ms = 0;
+	bool		said_not_installed = false;
 	StringInfoData err;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -199,6 +200,12 @@ entity_cache_worker_main(Datum main_arg)
 		res = ec_drain_batch(ec_batch_size, &napplied, &err);
 		if (res == EC_DRAIN_NOT_INSTALLED)
 		{
+			/* not an error: the extension may simply not be created yet */
+			if (!said_not_installed)
+				ereport(LOG,
+						(errmsg("entity_cache worker: waiting for CREATE EXTENSION entity_cache in database \"%s\"",
+								ec_database)));
+			said_not_installed = true;
 			wait_ms(NOT_INSTALLED_POLL_MS);
 			continue;
 		}
