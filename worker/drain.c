@@ -61,10 +61,14 @@ static SPIPlanPtr delete_plan = NULL;
 static List *lookups = NIL;		/* in TopMemoryContext */
 static MemoryContext batch_cxt = NULL;
 
+/*
+ * No FOR UPDATE: only this worker deletes queue rows (worker_attach makes
+ * sure there is one), and locking each row first would double the WAL.
+ */
 static const char *DELETE_SQL =
 "DELETE FROM entity_cache.queue q "
 "WHERE q.id = ANY (ARRAY(SELECT id FROM entity_cache.queue "
-"                        ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) "
+"                        ORDER BY id LIMIT $1)) "
 "RETURNING q.id, q.op, q.key, q.relid, q.template, q.vals";
 
 static int
@@ -77,7 +81,7 @@ row_cmp(const void *a, const void *b)
 }
 
 static int
-fetch_rows(int batch_size, QueueRow **rows_out)
+fetch_rows(int batch_size, bool want_lookup, QueueRow **rows_out)
 {
 	Datum		arg = Int32GetDatum(batch_size);
 	Oid			argtype = INT4OID;
@@ -112,13 +116,20 @@ fetch_rows(int batch_size, QueueRow **rows_out)
 		k = DatumGetTextPP(SPI_getbinval(t, d, 3, &isnull));
 		rows[i].keylen = VARSIZE_ANY_EXHDR(k);
 		rows[i].key = text_to_cstring(k);
-		rows[i].relid = DatumGetObjectId(SPI_getbinval(t, d, 4, &isnull));
-		if (isnull)
-			rows[i].relid = InvalidOid;
-		rows[i].template = SPI_getvalue(t, d, 5);
-		rows[i].vals = SPI_getbinval(t, d, 6, &isnull);
-		rows[i].vals = isnull ? (Datum) 0 :
-			PointerGetDatum(DatumGetArrayTypePCopy(rows[i].vals));
+		rows[i].relid = InvalidOid;
+		rows[i].template = NULL;
+		rows[i].vals = (Datum) 0;
+		/* what finds the row again matters in refresh mode only */
+		if (want_lookup)
+		{
+			rows[i].relid = DatumGetObjectId(SPI_getbinval(t, d, 4, &isnull));
+			if (isnull)
+				rows[i].relid = InvalidOid;
+			rows[i].template = SPI_getvalue(t, d, 5);
+			rows[i].vals = SPI_getbinval(t, d, 6, &isnull);
+			rows[i].vals = isnull ? (Datum) 0 :
+				PointerGetDatum(DatumGetArrayTypePCopy(rows[i].vals));
+		}
 		MemoryContextSwitchTo(old);
 	}
 	qsort(rows, n, sizeof(QueueRow), row_cmp);
@@ -404,7 +415,7 @@ ec_drain_batch(int batch_size, uint64 *napplied, StringInfo err)
 	}
 
 	pgstat_report_activity(STATE_RUNNING, "applying entity_cache.queue");
-	n = fetch_rows(batch_size, &rows);
+	n = fetch_rows(batch_size, ec_mode == EC_MODE_REFRESH, &rows);
 	ok = (n == 0) || apply_rows(rows, n, err);
 
 	SPI_finish();
