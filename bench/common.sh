@@ -31,7 +31,7 @@ EOF
 
 # psql against the bench cluster as the postgres superuser
 bpsql() {
-	as_user psql -X -q -v ON_ERROR_STOP=1 -h "$BENCH_DIR" -p "$PGPORT_B" -U postgres -d postgres "$@"
+	as_user env PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -h "$BENCH_DIR" -p "$PGPORT_B" -U postgres -d postgres "$@"
 }
 # one value, unaligned
 bq() { bpsql -At -c "$1"; }
@@ -137,7 +137,7 @@ wait_sync() {
 
 # settings that matter for comparing runs, one line
 show_settings() {
-	bq "SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ' ' ORDER BY name)
+	bq "SELECT string_agg(name || '=' || current_setting(name), ' ' ORDER BY name)
 	    FROM pg_settings WHERE name IN ('fsync','synchronous_commit','shared_buffers',
 	      'wal_level','max_wal_size','checkpoint_timeout','full_page_writes','autovacuum',
 	      'max_connections','wal_buffers','track_commit_timestamp')"
