@@ -115,6 +115,28 @@ wait_ms(long ms)
 	CHECK_FOR_INTERRUPTS();
 }
 
+/*
+ * Wait out a reconnection backoff.  Every committing writer sets our latch,
+ * so a plain wait_ms() would end at the next commit and turn a burst of
+ * writes into a burst of connection attempts against a Redis that is down
+ * or stalled.  Only the deadline, a config reload (a new URL or password
+ * deserves a prompt retry) or an interrupt end this wait.
+ */
+static void
+backoff_wait(long ms)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
+
+	while (!ConfigReloadPending)
+	{
+		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+
+		if (left <= 0)
+			break;
+		wait_ms(left);
+	}
+}
+
 static long
 next_backoff(long backoff)
 {
@@ -190,7 +212,7 @@ entity_cache_worker_main(Datum main_arg)
 			{
 				ec_set_error("%s", err.data);
 				backoff = next_backoff(backoff);
-				wait_ms(backoff);
+				backoff_wait(backoff);
 				continue;
 			}
 			set_connected(true);
@@ -214,7 +236,7 @@ entity_cache_worker_main(Datum main_arg)
 			ec_set_error("%s", err.data);
 			set_connected(ec_redis_is_connected());
 			backoff = next_backoff(backoff);
-			wait_ms(backoff);
+			backoff_wait(backoff);
 			continue;
 		}
 
