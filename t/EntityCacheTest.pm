@@ -11,28 +11,53 @@ use PostgreSQL::Test::Utils;
 use Time::HiRes qw(usleep time);
 use Test::More;
 
-our @EXPORT = qw(start_redis redis_cli stop_redis new_node create_entity_schema
-  wait_for_sync wait_until);
+our @EXPORT = qw(start_redis restart_redis redis_cli stop_redis new_node
+  create_entity_schema wait_for_sync wait_until redis_fill redis_count
+  ec_status worker_pid);
 
 my @redis_servers;
 
-# start_redis(extra => ['--requirepass', 'x'], port => N, dir => D)
+# start_redis(extra => ['--requirepass', 'x'], password => 'x', port => N,
+#             dir => D, persist => 1)
+# persist keeps an append-only file in dir (fsync always), so a restart with
+# the same dir (restart_redis) brings the data back.
 sub start_redis
 {
 	my (%opts) = @_;
-	my $port = $opts{port} // PostgreSQL::Test::Cluster::get_free_port();
-	my $dir = $opts{dir} // PostgreSQL::Test::Utils::tempdir('redis');
-	my @extra = @{ $opts{extra} // [] };
-	my @persist = $opts{persist} ? ('--save', '', '--appendonly', 'yes',
+	my $r = {
+		port => $opts{port} // PostgreSQL::Test::Cluster::get_free_port(),
+		dir => $opts{dir} // PostgreSQL::Test::Utils::tempdir('redis'),
+		extra => [ @{ $opts{extra} // [] } ],
+		persist => $opts{persist},
+		password => $opts{password} };
+	_launch_redis($r);
+	push @redis_servers, $r;
+	return $r;
+}
+
+# restart_redis($r): stop it if it runs, start it again on the same port,
+# with the same directory and options; with persist, the data comes back.
+sub restart_redis
+{
+	my ($r) = @_;
+	stop_redis($r);
+	_launch_redis($r);
+	return $r;
+}
+
+sub _launch_redis
+{
+	my ($r) = @_;
+	my ($port, $dir) = ($r->{port}, $r->{dir});
+	my @persist = $r->{persist} ? ('--save', '', '--appendonly', 'yes',
 		'--appendfsync', 'always') : ('--save', '', '--appendonly', 'no');
+	unlink "$dir/redis.pid";
 	my @cmd = (
 		'redis-server', '--port', $port, '--bind', '127.0.0.1',
 		'--dir', $dir, '--daemonize', 'yes',
 		'--pidfile', "$dir/redis.pid", '--logfile', "$dir/redis.log",
-		@persist, @extra);
+		@persist, @{ $r->{extra} });
 	system(@cmd) == 0 or die "could not start redis-server: @cmd";
-	my $r = { port => $port, dir => $dir, extra => \@extra,
-		persist => $opts{persist}, password => $opts{password} };
 	for (1 .. 100)
 	{
 		last if -s "$dir/redis.pid" && redis_cli($r, 'PING') eq 'PONG';
@@ -42,8 +67,6 @@ sub start_redis
 	open my $fh, '<', "$dir/redis.pid" or die;
 	chomp($r->{pid} = <$fh>);
 	close $fh;
-	push @redis_servers, $r;
-	return $r;
 }
 
 # redis_cli($r, @args): the reply as redis-cli prints it, chomped
@@ -56,6 +79,23 @@ sub redis_cli
 		'>', \$out, '2>', \$err);
 	chomp $out;
 	return $out;
+}
+
+# redis_fill($r, $prefix, $from, $to, $value): SET prefix.i = value, i in from..to
+sub redis_fill
+{
+	my ($r, $prefix, $from, $to, $value) = @_;
+	return redis_cli($r, 'EVAL',
+		"for i = tonumber(ARGV[2]), tonumber(ARGV[3]) do "
+		  . "redis.call('SET', ARGV[1] .. i, ARGV[4]) end return 1",
+		'0', $prefix, $from, $to, $value // 'stale');
+}
+
+# redis_count($r, $glob): how many keys match (KEYS, fine for tests)
+sub redis_count
+{
+	my ($r, $glob) = @_;
+	return redis_cli($r, 'EVAL', "return #redis.call('KEYS', ARGV[1])", '0', $glob);
 }
 
 sub stop_redis
@@ -131,6 +171,30 @@ sub wait_until
 		usleep(50_000);
 	}
 	return 0;
+}
+
+# entity_cache.status as a hash; booleans as 't'/'f', NULLs as ''
+sub ec_status
+{
+	my ($node) = @_;
+	my @cols = qw(worker_pid redis_connected queue_depth oldest_pending_age
+	  applied_total errors_total last_error last_error_at);
+	my $out = $node->safe_psql('postgres',
+		'SELECT ' . join(', ', map { "coalesce(" . $_ . "::text, '')" } @cols)
+		  . ' FROM entity_cache.status',
+		extra_params => [ '-F', "\x1f" ]);
+	my @vals = split /\x1f/, $out, -1;
+	my %h;
+	@h{@cols} = map { $_ eq 'true' ? 't' : $_ eq 'false' ? 'f' : $_ } @vals;
+	return \%h;
+}
+
+# PID of the worker as pg_stat_activity shows it, '' if none
+sub worker_pid
+{
+	my ($node) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'entity_cache worker'");
 }
 
 # entity_cache.sync() until true: everything committed so far is in Redis
