@@ -8,6 +8,7 @@
  */
 #include "entity_cache.h"
 
+#include "access/xact.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
@@ -58,6 +59,55 @@ check_redis_url(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+#define EC_MASK "********"
+
+/*
+ * GUC_SUPERUSER_ONLY still lets pg_read_all_settings (and so pg_monitor,
+ * which status is granted to) read a setting.  The password is for
+ * superusers alone: everyone else sees it masked, in the password setting
+ * and inside the URL.  Outside a transaction we cannot ask who is asking,
+ * so we mask.
+ */
+static bool
+may_see_secrets(void)
+{
+	return IsTransactionState() && superuser();
+}
+
+static const char *
+show_redis_password(void)
+{
+	if (ec_redis_password == NULL || ec_redis_password[0] == '\0')
+		return "";
+	return may_see_secrets() ? ec_redis_password : EC_MASK;
+}
+
+static const char *
+show_redis_url(void)
+{
+	const char *url = ec_redis_url ? ec_redis_url : "";
+	const char *auth;
+	const char *end;
+	const char *at = NULL;
+	const char *colon;
+
+	if (may_see_secrets() || strncmp(url, "redis://", 8) != 0)
+		return url;
+	auth = url + 8;
+	end = strchr(auth, '/');
+	if (end == NULL)
+		end = auth + strlen(auth);
+	for (const char *p = auth; p < end; p++)
+		if (*p == '@')
+			at = p;
+	if (at == NULL)
+		return url;
+	colon = memchr(auth, ':', at - auth);
+	if (colon == NULL)
+		return url;
+	return psprintf("%.*s%s%s", (int) (colon + 1 - url), url, EC_MASK, at);
+}
+
 static void
 ec_shmem_request(void)
 {
@@ -101,12 +151,12 @@ define_gucs(void)
 	DefineCustomStringVariable("entity_cache.redis_url",
 							   "Redis server the worker sends invalidations to.",
 							   "redis://[user[:password]@]host[:port][/db] or unix:///path.sock[?db=N]. "
-							   "Only superusers can read it, as it may hold a password.",
+							   "Only superusers see a password in it.",
 							   &ec_redis_url,
 							   "redis://127.0.0.1:6379/0",
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY,
-							   check_redis_url, NULL, NULL);
+							   check_redis_url, NULL, show_redis_url);
 
 	DefineCustomStringVariable("entity_cache.redis_password",
 							   "Redis password; overrides a password in redis_url.",
@@ -115,7 +165,7 @@ define_gucs(void)
 							   "",
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
-							   NULL, NULL, NULL);
+							   NULL, NULL, show_redis_password);
 
 	DefineCustomEnumVariable("entity_cache.mode",
 							 "delete: DEL changed keys; refresh: SET them to the row's JSON.",

@@ -36,9 +36,25 @@ SELECT entity_cache.invalidate_key('granted');
 SELECT entity_cache.flush_all();
 RESET ROLE;
 GRANT pg_monitor TO ec_writer;
+ALTER SYSTEM SET entity_cache.redis_password = 'hunter2';
+ALTER SYSTEM SET entity_cache.redis_url = 'redis://app:hunter2@127.0.0.1:9/0';
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.2);
+SHOW entity_cache.redis_password;
+SHOW entity_cache.redis_url;
 SET ROLE ec_writer;
 SELECT queue_depth FROM entity_cache.status;
+-- pg_monitor brings pg_read_all_settings, which GUC_SUPERUSER_ONLY lets
+-- through: the password stays masked
+SHOW entity_cache.redis_password;
+SHOW entity_cache.redis_url;
+SELECT name, setting FROM pg_settings
+WHERE name IN ('entity_cache.redis_password', 'entity_cache.redis_url') ORDER BY 1;
+SELECT current_setting('entity_cache.redis_password');
 RESET ROLE;
+ALTER SYSTEM RESET entity_cache.redis_password;
+ALTER SYSTEM RESET entity_cache.redis_url;
+SELECT pg_reload_conf();
 SELECT count(*) FROM take_queue();
 
 -- a hostile search_path does not reach into the extension's functions:
