@@ -145,5 +145,5 @@ show_settings() {
 
 machine_line() {
 	echo "machine: $(nproc) cpu ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-	echo "versions: $(as_user postgres --version), $(redis-server --version | cut -d' ' -f1-3), entity_cache commit $(git -C "$bench_here" rev-parse --short HEAD 2>/dev/null || echo '?')"
+	echo "versions: $(as_user postgres --version), $(redis-server --version | cut -d' ' -f1-3), entity_cache.so installed $(date -u -r "$(pg_config --pkglibdir)/entity_cache.so" '+%F %T UTC'), tree at commit $(git -C "$bench_here" rev-parse --short HEAD 2>/dev/null || echo '?')"
 }
