@@ -61,6 +61,12 @@ ec_template_parse(const char *tmpl, size_t len, EcTemplate *out, size_t *errpos)
 
 			while (j < len && tmpl[j] != '}')
 			{
+				/* a NUL would cut the column name short where it is used */
+				if (tmpl[j] == '\0')
+				{
+					*errpos = j;
+					return "key template contains a NUL byte";
+				}
 				if (tmpl[j] == '{')
 				{
 					*errpos = j;
