@@ -31,3 +31,7 @@ TAP_TESTS = 1
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXS tracks no header dependencies: rebuild everything when one changes,
+# or objects disagree on the layout of shared structs.
+$(OBJS): $(wildcard $(srcdir)/extension/*.h $(srcdir)/worker/*.h)

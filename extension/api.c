@@ -287,28 +287,27 @@ entity_cache_flush_all(PG_FUNCTION_ARGS)
 }
 
 /*
- * Highest queue id visible to a fresh snapshot, skipping rows of our own
- * transaction (the worker cannot see them before we commit).  Or, with
- * upto >= 0, whether any such row with id <= upto exists (returned as
- * its id, -1 if none).  A fresh snapshot rather than the transaction's so
- * that sync() also works inside REPEATABLE READ transactions.
+ * The first queue id in [lo, hi] visible to a fresh snapshot, skipping rows
+ * of our own transaction (the worker cannot see them before we commit), or
+ * -1.  With backward, the last one.  A fresh snapshot rather than the
+ * transaction's so that sync() also works inside REPEATABLE READ.
  */
 static int64
-pending_id(Relation rel, int64 upto)
+pending_id(Relation rel, int64 lo, int64 hi, bool backward)
 {
 	Oid			indexoid = RelationGetPrimaryKeyIndex(rel);
 	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
 	Relation	index = index_open(indexoid, AccessShareLock);
-	ScanKeyData skey;
+	ScanKeyData skey[2];
 	SysScanDesc scan;
 	HeapTuple	tup;
 	int64		result = -1;
-	ScanDirection dir = upto >= 0 ? ForwardScanDirection : BackwardScanDirection;
 
-	ScanKeyInit(&skey, 1, BTLessEqualStrategyNumber, F_INT8LE,
-				Int64GetDatum(upto >= 0 ? upto : PG_INT64_MAX));
-	scan = systable_beginscan_ordered(rel, index, snap, 1, &skey);
-	while ((tup = systable_getnext_ordered(scan, dir)) != NULL)
+	ScanKeyInit(&skey[0], 1, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(lo));
+	ScanKeyInit(&skey[1], 1, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(hi));
+	scan = systable_beginscan_ordered(rel, index, snap, 2, skey);
+	while ((tup = systable_getnext_ordered(scan, backward ? BackwardScanDirection :
+										   ForwardScanDirection)) != NULL)
 	{
 		bool		isnull;
 
@@ -338,55 +337,116 @@ interval_ms(Interval *span)
 	return (long) Min(usec / 1000, (int64) LONG_MAX);
 }
 
+/* Sleep until woken by the worker or for at most ms (and 100 ms). */
+static void
+sync_sleep(long ms)
+{
+	ms = Min(ms, 100);
+	if (ec_shared)
+		ConditionVariableTimedSleep(&ec_shared->applied_cv, ms, PG_WAIT_EXTENSION);
+	else
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+	CHECK_FOR_INTERRUPTS();
+}
+
+/* Is a worker running for this database? */
+static bool
+worker_serves_us(void)
+{
+	bool		ours;
+
+	if (ec_shared == NULL)
+		return false;
+	SpinLockAcquire(&ec_shared->mutex);
+	ours = ec_shared->worker_pid != 0 && ec_shared->worker_dboid == MyDatabaseId;
+	SpinLockRelease(&ec_shared->mutex);
+	return ours;
+}
+
 /*
  * sync(timeout interval) returns boolean: wait until every queue row
  * committed before the call has been applied to Redis.
+ *
+ * With our worker running, no table is read: the worker publishes the
+ * start of its last batch that emptied the queue, and once that is later
+ * than our own start, whatever we could see has been applied.  We set its
+ * latch so it checks at once instead of at its next poll.  Without it (no
+ * preloading, or a worker serving another database) we look at the queue
+ * itself; that only ever returns true on a queue that empties.
  */
 Datum
 entity_cache_sync(PG_FUNCTION_ARGS)
 {
 	long		timeout_ms;
+	TimestampTz start = GetCurrentTimestamp();
 	TimestampTz deadline;
-	Relation	rel;
-	int64		target;
 	bool		done = false;
+	Relation	rel = NULL;
+	int64		lo = 0;
+	int64		hi = -1;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("timeout must not be NULL")));
 	timeout_ms = interval_ms(PG_GETARG_INTERVAL_P(0));
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	deadline = TimestampTzPlusMilliseconds(start, timeout_ms);
 
-	rel = table_open(ec_queue_relid(false), AccessShareLock);
-	target = pending_id(rel, -1);
+	/* fails clearly if the extension's objects are gone */
+	(void) ec_queue_relid(false);
+	if (worker_serves_us())
+		ec_wake_worker();
 
 	for (;;)
 	{
 		long		left;
 
-		if (target < 0 || pending_id(rel, target) < 0)
+		if (worker_serves_us())
 		{
-			done = true;
-			break;
+			TimestampTz drained;
+
+			SpinLockAcquire(&ec_shared->mutex);
+			drained = ec_shared->drained_as_of;
+			SpinLockRelease(&ec_shared->mutex);
+			if (drained >= start)
+			{
+				done = true;
+				break;
+			}
+		}
+		else
+		{
+			if (rel == NULL)
+			{
+				rel = table_open(ec_queue_relid(false), AccessShareLock);
+				hi = pending_id(rel, 0, PG_INT64_MAX, true);
+			}
+
+			/*
+			 * A row below lo that we see now was invisible at the last look,
+			 * so it committed after we started: not ours to wait for.
+			 */
+			if (hi >= 0)
+				lo = pending_id(rel, lo, hi, false);
+			if (hi < 0 || lo < 0)
+			{
+				done = true;
+				break;
+			}
 		}
 		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 		if (left <= 0)
 			break;
-		left = Min(left, 100);
-		if (ec_shared)
-			ConditionVariableTimedSleep(&ec_shared->applied_cv, left, PG_WAIT_EXTENSION);
-		else
-		{
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 left, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-		}
-		CHECK_FOR_INTERRUPTS();
+		sync_sleep(left);
 	}
 	if (ec_shared)
 		ConditionVariableCancelSleep();
-	table_close(rel, AccessShareLock);
+	if (rel)
+		table_close(rel, AccessShareLock);
 	PG_RETURN_BOOL(done);
 }
 

@@ -58,6 +58,8 @@ typedef struct EcShared
 	slock_t		mutex;
 	pid_t		worker_pid;		/* 0 while no worker runs */
 	int			worker_procno;	/* its PGPROC, for SetLatch; -1 if none */
+	Oid			worker_dboid;	/* database it serves, once connected */
+	TimestampTz drained_as_of;	/* all committed before this is applied */
 	bool		redis_connected;
 	uint64		applied_total;	/* queue rows applied to Redis */
 	uint64		errors_total;

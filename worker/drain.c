@@ -30,6 +30,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "redis_client.h"
 #include "template.h"
@@ -64,12 +65,24 @@ static MemoryContext batch_cxt = NULL;
 /*
  * No FOR UPDATE: only this worker deletes queue rows (worker_attach makes
  * sure there is one), and locking each row first would double the WAL.
+ * Rows are matched by ctid (they are never updated), which saves a second
+ * index search per row.  "id > $2" is the watermark: see ec_drain_batch.
  */
 static const char *DELETE_SQL =
 "DELETE FROM entity_cache.queue q "
-"WHERE q.id = ANY (ARRAY(SELECT id FROM entity_cache.queue "
-"                        ORDER BY id LIMIT $1)) "
+"WHERE q.ctid = ANY (ARRAY(SELECT ctid FROM entity_cache.queue "
+"                          WHERE id > $2 ORDER BY id LIMIT $1)) "
 "RETURNING q.id, q.op, q.key, q.relid, q.template, q.vals";
+
+/*
+ * After a full batch, the highest id it took; 0 otherwise.  While a backlog
+ * drains, each batch starts where the last one ended instead of walking the
+ * index entries of every row already deleted (they stay until vacuum, and
+ * walking them made a long drain quadratic).  A row whose id is below the
+ * watermark but committed late is not lost: the first batch that comes back
+ * short resets the watermark, and the next one starts from the beginning.
+ */
+static int64 watermark = 0;
 
 static int
 row_cmp(const void *a, const void *b)
@@ -83,21 +96,21 @@ row_cmp(const void *a, const void *b)
 static int
 fetch_rows(int batch_size, bool want_lookup, QueueRow **rows_out)
 {
-	Datum		arg = Int32GetDatum(batch_size);
-	Oid			argtype = INT4OID;
+	Datum		args[2] = {Int32GetDatum(batch_size), Int64GetDatum(watermark)};
+	Oid			argtypes[2] = {INT4OID, INT8OID};
 	QueueRow   *rows;
 	int			n;
 
 	if (delete_plan == NULL)
 	{
-		SPIPlanPtr	p = SPI_prepare(DELETE_SQL, 1, &argtype);
+		SPIPlanPtr	p = SPI_prepare(DELETE_SQL, 2, argtypes);
 
 		if (p == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(p);
 		delete_plan = p;
 	}
-	if (SPI_execute_plan(delete_plan, &arg, NULL, false, 0) != SPI_OK_DELETE_RETURNING)
+	if (SPI_execute_plan(delete_plan, args, NULL, false, 0) != SPI_OK_DELETE_RETURNING)
 		elog(ERROR, "could not take rows from entity_cache.queue");
 
 	n = (int) SPI_processed;
@@ -389,18 +402,28 @@ apply_rows(QueueRow *rows, int n, StringInfo err)
 	return ec_redis_read_replies(err);
 }
 
+/*
+ * Apply one batch.  *drained_as_of is set (else left alone) when the batch
+ * took every row visible to a snapshot taken after that time: everything
+ * committed before it is now in Redis, which is what sync() waits for.
+ */
 EcDrainResult
-ec_drain_batch(int batch_size, uint64 *napplied, StringInfo err)
+ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
+			   StringInfo err)
 {
 	QueueRow   *rows;
 	int			n;
 	bool		ok;
+	bool		from_start = (watermark == 0);
+	TimestampTz started;
 
 	*napplied = 0;
 	if (batch_cxt == NULL)
 		batch_cxt = AllocSetContextCreate(TopMemoryContext, "entity_cache batch",
 										  ALLOCSET_DEFAULT_SIZES);
 
+	/* before the snapshot: it sees every commit that finished by then */
+	started = GetCurrentTimestamp();
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	SPI_connect();
@@ -418,17 +441,26 @@ ec_drain_batch(int batch_size, uint64 *napplied, StringInfo err)
 	n = fetch_rows(batch_size, ec_mode == EC_MODE_REFRESH, &rows);
 	ok = (n == 0) || apply_rows(rows, n, err);
 
+	if (ok && n == batch_size)
+		watermark = rows[n - 1].id;
+	else
+		watermark = 0;
+
 	SPI_finish();
 	PopActiveSnapshot();
 	if (ok)
 		CommitTransactionCommand();
 	else
 		AbortCurrentTransaction();
+	/* autovacuum learns of the dead rows only through the statistics */
+	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	MemoryContextReset(batch_cxt);
 
 	if (!ok)
 		return EC_DRAIN_REDIS_ERROR;
 	*napplied = n;
+	if (from_start && n < batch_size)
+		*drained_as_of = started;
 	return EC_DRAIN_OK;
 }

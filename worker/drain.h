@@ -10,6 +10,7 @@
 
 #include "postgres.h"
 
+#include "datatype/timestamp.h"
 #include "lib/stringinfo.h"
 
 typedef enum EcDrainResult
@@ -19,6 +20,7 @@ typedef enum EcDrainResult
 	EC_DRAIN_NOT_INSTALLED		/* no entity_cache.queue in this database */
 } EcDrainResult;
 
-extern EcDrainResult ec_drain_batch(int batch_size, uint64 *napplied, StringInfo err);
+extern EcDrainResult ec_drain_batch(int batch_size, uint64 *napplied,
+									TimestampTz *drained_as_of, StringInfo err);
 
 #endif							/* EC_DRAIN_H */

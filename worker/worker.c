@@ -83,6 +83,7 @@ worker_detach(int code, Datum arg)
 	SpinLockAcquire(&ec_shared->mutex);
 	ec_shared->worker_pid = 0;
 	ec_shared->worker_procno = -1;
+	ec_shared->worker_dboid = InvalidOid;
 	ec_shared->redis_connected = false;
 	SpinLockRelease(&ec_shared->mutex);
 }
@@ -164,6 +165,9 @@ entity_cache_worker_main(Datum main_arg)
 
 	BackgroundWorkerInitializeConnection(ec_database, NULL, 0);
 	pgstat_report_appname(EC_WORKER_NAME);
+	SpinLockAcquire(&ec_shared->mutex);
+	ec_shared->worker_dboid = MyDatabaseId;
+	SpinLockRelease(&ec_shared->mutex);
 
 	/*
 	 * Losing the removal of applied rows in a crash only applies them again,
@@ -177,6 +181,7 @@ entity_cache_worker_main(Datum main_arg)
 	for (;;)
 	{
 		uint64		napplied;
+		TimestampTz drained_as_of = 0;
 		EcDrainResult res;
 
 		CHECK_FOR_INTERRUPTS();
@@ -219,7 +224,7 @@ entity_cache_worker_main(Datum main_arg)
 			ereport(LOG, (errmsg("entity_cache worker connected to Redis")));
 		}
 
-		res = ec_drain_batch(ec_batch_size, &napplied, &err);
+		res = ec_drain_batch(ec_batch_size, &napplied, &drained_as_of, &err);
 		if (res == EC_DRAIN_NOT_INSTALLED)
 		{
 			/* not an error: the extension may simply not be created yet */
@@ -241,10 +246,12 @@ entity_cache_worker_main(Datum main_arg)
 		}
 
 		backoff = 0;
-		if (napplied > 0)
+		if (napplied > 0 || drained_as_of != 0)
 		{
 			SpinLockAcquire(&ec_shared->mutex);
 			ec_shared->applied_total += napplied;
+			if (drained_as_of > ec_shared->drained_as_of)
+				ec_shared->drained_as_of = drained_as_of;
 			SpinLockRelease(&ec_shared->mutex);
 			ConditionVariableBroadcast(&ec_shared->applied_cv);
 		}
