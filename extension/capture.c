@@ -67,6 +67,13 @@ capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate *ts,
 	StringInfoData key;
 	int			readptr;
 
+	/*
+	 * Only refresh mode needs to find the row again; in delete mode the
+	 * queue row is the key alone, which keeps the writer's WAL small.  Rows
+	 * queued before a switch to refresh mode are simply deleted.
+	 */
+	bool		lookup = (ec_mode == EC_MODE_REFRESH);
+
 	sv.slot = slot;
 	sv.outfuncs = palloc0(sizeof(FmgrInfo) * desc->natts);
 	initStringInfo(&key);
@@ -84,13 +91,14 @@ capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate *ts,
 		oldcxt = MemoryContextSwitchTo(rowcxt);
 		for (int i = 0; i < nbts; i++)
 		{
-			Datum		vals;
+			Datum		vals = (Datum) 0;
 
 			if (!bts[i].complete)
 				continue;
-			if (ec_render_key(&bts[i], slot_value, &sv, &key, &vals))
-				ec_queue_add(w, EC_OP_KEY, key.data, RelationGetRelid(rel),
-							 bts[i].text, vals, false);
+			if (ec_render_key(&bts[i], slot_value, &sv, &key, lookup ? &vals : NULL))
+				ec_queue_add(w, EC_OP_KEY, key.data,
+							 lookup ? RelationGetRelid(rel) : InvalidOid,
+							 lookup ? bts[i].text : NULL, vals, !lookup);
 		}
 		MemoryContextSwitchTo(oldcxt);
 		MemoryContextReset(rowcxt);

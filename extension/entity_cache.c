@@ -29,6 +29,7 @@ int			ec_mode = EC_MODE_DELETE;
 int			ec_ttl = 300;
 int			ec_batch_size = 1000;
 int			ec_redis_timeout_ms = 2000;
+double		ec_batch_delay_ms = 0.5;
 bool		ec_notify = true;
 
 EcShared   *ec_shared = NULL;
@@ -200,6 +201,16 @@ define_gucs(void)
 							"A Redis that does not answer within it is treated as down.",
 							&ec_redis_timeout_ms,
 							2000, 10, 600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomRealVariable("entity_cache.batch_delay",
+							"Least time between the starts of two batches.",
+							"Under a stream of commits, one round trip then carries the keys of many "
+							"of them instead of one or two each; an idle worker still starts at once.",
+							&ec_batch_delay_ms,
+							0.5, 0, 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);

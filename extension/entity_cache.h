@@ -48,6 +48,7 @@ extern int	ec_mode;
 extern int	ec_ttl;
 extern int	ec_batch_size;
 extern int	ec_redis_timeout_ms;
+extern double ec_batch_delay_ms;
 extern bool ec_notify;
 
 #define EC_LAST_ERROR_LEN 512

@@ -57,7 +57,13 @@ typedef struct QueuedKey
 	SubTransactionId subid;		/* subtransaction that queued it */
 } QueuedKey;
 
-/* per-transaction state, all in a child of TopTransactionContext */
+/*
+ * Per-transaction state, in TopTransactionContext.  Most transactions queue
+ * one key: that one is kept in first_key, and the hash table is built only
+ * when a second key comes along.
+ */
+static char *first_key = NULL;	/* op byte followed by the key */
+static SubTransactionId first_subid = InvalidSubTransactionId;
 static MemoryContext xact_cxt = NULL;
 static HTAB *queued_keys = NULL;
 static SubTransactionId max_subid = InvalidSubTransactionId;
@@ -81,6 +87,7 @@ static void
 reset_xact_state(void)
 {
 	/* the memory goes with TopTransactionContext */
+	first_key = NULL;
 	xact_cxt = NULL;
 	queued_keys = NULL;
 	max_subid = InvalidSubTransactionId;
@@ -115,10 +122,20 @@ ec_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	HASH_SEQ_STATUS seq;
 	QueuedKey  *entry;
 
-	if (queued_keys == NULL || max_subid < mySubid)
+	if (max_subid < mySubid)
 		return;					/* nothing queued at this level or below */
 
 	if (event != SUBXACT_EVENT_COMMIT_SUB && event != SUBXACT_EVENT_ABORT_SUB)
+		return;
+
+	if (first_key != NULL && first_subid == mySubid)
+	{
+		if (event == SUBXACT_EVENT_COMMIT_SUB)
+			first_subid = parentSubid;
+		else
+			first_key = NULL;
+	}
+	if (queued_keys == NULL)
 		return;
 
 	hash_seq_init(&seq, queued_keys);
@@ -199,6 +216,22 @@ remember_key(char op, const char *key)
 	char	   *k;
 	QueuedKey  *entry;
 	bool		found;
+	SubTransactionId subid = GetCurrentSubTransactionId();
+
+	if (subid > max_subid)
+		max_subid = subid;
+
+	if (queued_keys == NULL && first_key == NULL)
+	{
+		first_key = MemoryContextAlloc(TopTransactionContext, len + 2);
+		first_key[0] = op;
+		memcpy(first_key + 1, key, len + 1);
+		first_subid = subid;
+		return true;
+	}
+	if (queued_keys == NULL &&
+		first_key[0] == op && strcmp(first_key + 1, key) == 0)
+		return false;
 
 	if (queued_keys == NULL)
 	{
@@ -215,6 +248,14 @@ remember_key(char op, const char *key)
 		queued_keys = hash_create("entity_cache queued keys", 64, &ctl,
 								  HASH_ELEM | HASH_FUNCTION | HASH_COMPARE |
 								  HASH_CONTEXT);
+		/* the first key moves in (unless a rolled-back savepoint dropped it) */
+		if (first_key != NULL)
+		{
+			entry = hash_search(queued_keys, &first_key, HASH_ENTER, &found);
+			entry->key = first_key;
+			entry->subid = first_subid;
+			first_key = NULL;
+		}
 	}
 
 	if (hash_get_num_entries(queued_keys) >= EC_DEDUP_MAX_KEYS)
@@ -231,9 +272,7 @@ remember_key(char op, const char *key)
 		return false;
 	}
 	entry->key = k;
-	entry->subid = GetCurrentSubTransactionId();
-	if (entry->subid > max_subid)
-		max_subid = entry->subid;
+	entry->subid = subid;
 	return true;
 }
 

@@ -182,6 +182,7 @@ entity_cache_worker_main(Datum main_arg)
 	{
 		uint64		napplied;
 		TimestampTz drained_as_of = 0;
+		TimestampTz batch_start;
 		EcDrainResult res;
 
 		CHECK_FOR_INTERRUPTS();
@@ -224,6 +225,7 @@ entity_cache_worker_main(Datum main_arg)
 			ereport(LOG, (errmsg("entity_cache worker connected to Redis")));
 		}
 
+		batch_start = GetCurrentTimestamp();
 		res = ec_drain_batch(ec_batch_size, &napplied, &drained_as_of, &err);
 		if (res == EC_DRAIN_NOT_INSTALLED)
 		{
@@ -256,7 +258,27 @@ entity_cache_worker_main(Datum main_arg)
 			ConditionVariableBroadcast(&ec_shared->applied_cv);
 		}
 		/* a full batch means there is probably more: go again at once */
-		if (napplied < (uint64) ec_batch_size)
-			wait_ms(POLL_INTERVAL_MS);
+		if (napplied >= (uint64) ec_batch_size)
+			continue;
+
+		/*
+		 * Writers that commit while we sleep set the latch; let the batch
+		 * delay pass first so that the next batch takes them all.  A batch
+		 * that found nothing means the worker is idle: no delay then.
+		 */
+		if (napplied > 0 && ec_batch_delay_ms > 0)
+		{
+			long		delay_us = (long) (ec_batch_delay_ms * 1000.0);
+			long		spent_us;
+			long		secs;
+			int			usecs;
+
+			TimestampDifference(batch_start, GetCurrentTimestamp(), &secs, &usecs);
+			spent_us = secs * 1000000L + usecs;
+			if (spent_us < delay_us)
+				pg_usleep(delay_us - spent_us);
+			CHECK_FOR_INTERRUPTS();
+		}
+		wait_ms(POLL_INTERVAL_MS);
 	}
 }
