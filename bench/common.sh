@@ -108,17 +108,7 @@ create_entity_table() {
 	local rows=${1:-10000}
 	bpsql <<EOF
 DROP TABLE IF EXISTS app.entity CASCADE;
-CREATE SCHEMA IF NOT EXISTS app;
-CREATE TABLE app.entity (
-    code text PRIMARY KEY,
-    entity_type text NOT NULL DEFAULT 'thing',
-    label text,
-    label_plural text,
-    icon text,
-    child_entity_codes text[],
-    active_flag boolean NOT NULL DEFAULT true,
-    created_ts timestamptz NOT NULL DEFAULT now(),
-    modified_ts timestamptz NOT NULL DEFAULT now());
+$(cat "$bench_here/scripts/app_entity.sql")
 INSERT INTO app.entity
 SELECT 'entity_' || g, (ARRAY['person','place','thing','event'])[1 + g % 4],
        'Entity ' || g, 'Entities ' || g, 'icon-' || (g % 50),

@@ -29,7 +29,7 @@ int			ec_mode = EC_MODE_DELETE;
 int			ec_ttl = 300;
 int			ec_batch_size = 1000;
 int			ec_redis_timeout_ms = 2000;
-double		ec_batch_delay_ms = 0.5;
+double		ec_batch_delay_ms = 1.0;
 bool		ec_notify = true;
 
 EcShared   *ec_shared = NULL;
@@ -210,7 +210,7 @@ define_gucs(void)
 							"Under a stream of commits, one round trip then carries the keys of many "
 							"of them instead of one or two each; an idle worker still starts at once.",
 							&ec_batch_delay_ms,
-							0.5, 0, 1000,
+							1.0, 0, 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);

@@ -6,6 +6,7 @@ use strict;
 use warnings;
 
 use Exporter 'import';
+use FindBin;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Time::HiRes qw(usleep time);
@@ -122,19 +123,8 @@ END
 sub create_entity_schema
 {
 	my ($node) = @_;
-	$node->safe_psql('postgres', q{
-		CREATE SCHEMA app;
-		CREATE TABLE app.entity (
-			code text PRIMARY KEY,
-			entity_type text NOT NULL DEFAULT 'thing',
-			label text,
-			label_plural text,
-			icon text,
-			child_entity_codes text[],
-			active_flag boolean NOT NULL DEFAULT true,
-			created_ts timestamptz NOT NULL DEFAULT now(),
-			modified_ts timestamptz NOT NULL DEFAULT now());
-	});
+	$node->safe_psql('postgres', PostgreSQL::Test::Utils::slurp_file(
+		"$FindBin::RealBin/../scripts/app_entity.sql"));
 }
 
 # new_node($name, $redis, conf => "extra lines", no_schema => 1)
