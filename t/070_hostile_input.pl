@@ -73,7 +73,7 @@ ok(wait_for_sync($node), 'refresh applied');
 for my $id (3, 5)
 {
 	my $json = $node->safe_psql('postgres', "SELECT row_to_json(h)::text FROM app.hostile h WHERE id = $id");
-	is(redis_cli($redis, 'GET', "h:$odd{$id}"), $json, "refresh wrote row $id's JSON under its odd key");
+	is(redis_cli($redis, 'GET', "h:$odd{$id}"), $json, "refresh wrote the JSON of row $id under its odd key");
 }
 $node->safe_psql('postgres', q{
 	ALTER SYSTEM RESET entity_cache.mode;

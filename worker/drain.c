@@ -19,6 +19,9 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "commands/vacuum.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_node.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
@@ -403,6 +406,36 @@ apply_rows(QueueRow *rows, int n, StringInfo err)
 }
 
 /*
+ * Rows removed since the queue was last vacuumed.  Every batch that starts
+ * from the beginning walks the index entries of rows removed since the
+ * last vacuum, and autovacuum visits a database only once a minute: at ten
+ * thousand keys a second that walk is most of the worker's time.  So the
+ * worker vacuums its own queue every so often.
+ */
+#define VACUUM_EVERY_ROWS 20000
+static uint64 removed_since_vacuum = 0;
+
+static void
+vacuum_queue(void)
+{
+	VacuumStmt *stmt = makeNode(VacuumStmt);
+	ParseState *pstate;
+
+	StartTransactionCommand();
+	pstate = make_parsestate(NULL);
+	stmt->is_vacuumcmd = true;
+	/* never wait behind autovacuum: if it holds the queue, it does the job */
+	stmt->options = list_make1(makeDefElem("skip_locked", NULL, -1));
+	stmt->rels = list_make1(makeVacuumRelation(makeRangeVar(EC_SCHEMA, EC_QUEUE, -1),
+											   InvalidOid, NIL));
+	pgstat_report_activity(STATE_RUNNING, "VACUUM entity_cache.queue");
+	ExecVacuum(pstate, stmt, true);
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	removed_since_vacuum = 0;
+}
+
+/*
  * Apply one batch.  *drained_as_of is set (else left alone) when the batch
  * took every row visible to a snapshot taken after that time: everything
  * committed before it is now in Redis, which is what sync() waits for.
@@ -462,5 +495,10 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	*napplied = n;
 	if (from_start && n < batch_size)
 		*drained_as_of = started;
+
+	/* not in the middle of a backlog: there the watermark skips the dead */
+	removed_since_vacuum += n;
+	if (removed_since_vacuum >= VACUUM_EVERY_ROWS && n < batch_size)
+		vacuum_queue();
 	return EC_DRAIN_OK;
 }
