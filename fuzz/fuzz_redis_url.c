@@ -20,20 +20,8 @@
 #include <string.h>
 
 #include "redis_url.h"
+#include "fuzz_check.h"
 
-/*
- * abort() rather than assert(): the check must hold in any build, and
- * libFuzzer reports an abort as a crash together with the input.
- */
-#define CHECK(cond) \
-	do { \
-		if (!(cond)) \
-		{ \
-			fprintf(stderr, "invariant failed: %s (%s:%d)\n", \
-					#cond, __FILE__, __LINE__); \
-			abort(); \
-		} \
-	} while (0)
 
 /* true if buf (size bytes) holds a NUL, so strlen() stays inside it */
 static int

@@ -22,16 +22,8 @@
 #include <string.h>
 
 #include "template.h"
+#include "fuzz_check.h"
 
-#define CHECK(cond) \
-	do { \
-		if (!(cond)) \
-		{ \
-			fprintf(stderr, "invariant failed: %s (%s:%d)\n", \
-					#cond, __FILE__, __LINE__); \
-			abort(); \
-		} \
-	} while (0)
 
 static bool
 glob_char(char c)

@@ -14,7 +14,7 @@ use Test::More;
 
 our @EXPORT = qw(start_redis restart_redis redis_cli stop_redis new_node
   create_entity_schema wait_for_sync wait_until redis_fill redis_count
-  ec_status worker_pid);
+  ec_status worker_pid redis_exist_count);
 
 my @redis_servers;
 
@@ -97,6 +97,15 @@ sub redis_count
 {
 	my ($r, $glob) = @_;
 	return redis_cli($r, 'EVAL', "return #redis.call('KEYS', ARGV[1])", '0', $glob);
+}
+
+# how many of the keys "$prefix$i", i = 1 .. $n, exist (one round trip)
+sub redis_exist_count
+{
+	my ($r, $prefix, $n) = @_;
+	return redis_cli($r, 'EVAL',
+		"local c = 0 for i = 1, tonumber(ARGV[2]) do c = c + redis.call('EXISTS', ARGV[1] .. i) end return c",
+		'0', $prefix, $n);
 }
 
 sub stop_redis
