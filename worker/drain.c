@@ -22,6 +22,7 @@
 #include "commands/vacuum.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_node.h"
+#include "storage/lmgr.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
@@ -420,8 +421,22 @@ vacuum_queue(void)
 {
 	VacuumStmt *stmt = makeNode(VacuumStmt);
 	ParseState *pstate;
+	Oid			relid;
 
 	StartTransactionCommand();
+
+	/*
+	 * If autovacuum holds the queue it is doing the job already.  Ask first:
+	 * VACUUM (SKIP_LOCKED) would skip too, but with a WARNING in the log.
+	 */
+	relid = ec_queue_relid(true);
+	if (!OidIsValid(relid) || !ConditionalLockRelationOid(relid, ShareUpdateExclusiveLock))
+	{
+		CommitTransactionCommand();
+		return;
+	}
+	UnlockRelationOid(relid, ShareUpdateExclusiveLock);
+
 	pstate = make_parsestate(NULL);
 	stmt->is_vacuumcmd = true;
 	/* never wait behind autovacuum: if it holds the queue, it does the job */
