@@ -144,6 +144,20 @@ next_backoff(long backoff)
 	return Min(Max(backoff * 2, BACKOFF_MIN_MS), BACKOFF_MAX_MS);
 }
 
+/*
+ * Record a failure for status and the log, then wait out the next step of
+ * the backoff.  Returns the new backoff.
+ */
+static long
+fail_and_back_off(const char *msg, long backoff)
+{
+	ec_set_error("%s", msg);
+	set_connected(ec_redis_is_connected());
+	backoff = next_backoff(backoff);
+	backoff_wait(backoff);
+	return backoff;
+}
+
 void
 entity_cache_worker_main(Datum main_arg)
 {
@@ -216,9 +230,7 @@ entity_cache_worker_main(Datum main_arg)
 		{
 			if (!ec_redis_connect(url, password, timeout_ms, &err))
 			{
-				ec_set_error("%s", err.data);
-				backoff = next_backoff(backoff);
-				backoff_wait(backoff);
+				backoff = fail_and_back_off(err.data, backoff);
 				continue;
 			}
 			set_connected(true);
@@ -240,10 +252,7 @@ entity_cache_worker_main(Datum main_arg)
 		}
 		if (res == EC_DRAIN_REDIS_ERROR)
 		{
-			ec_set_error("%s", err.data);
-			set_connected(ec_redis_is_connected());
-			backoff = next_backoff(backoff);
-			backoff_wait(backoff);
+			backoff = fail_and_back_off(err.data, backoff);
 			continue;
 		}
 
