@@ -8,9 +8,10 @@
  */
 #include "keys.h"
 
-#include "access/genam.h"
+#include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
@@ -287,40 +288,34 @@ entity_cache_flush_all(PG_FUNCTION_ARGS)
 }
 
 /*
- * The first queue id in [lo, hi] visible to a fresh snapshot, skipping rows
- * of our own transaction (the worker cannot see them before we commit), or
- * -1.  With backward, the last one.  A fresh snapshot rather than the
- * transaction's so that sync() also works inside REPEATABLE READ.
+ * Is a row queued before start still visible to a fresh snapshot?  Rows of
+ * our own transaction are skipped (the worker cannot see them before we
+ * commit).  A row committed before start was necessarily queued before it;
+ * one queued before but committed after is waited for too, which costs at
+ * most one more batch.  A fresh snapshot rather than the transaction's, so
+ * that sync() also works inside REPEATABLE READ.
  */
-static int64
-pending_id(Relation rel, int64 lo, int64 hi, bool backward)
+static bool
+pending_before(Relation rel, TimestampTz start)
 {
-	Oid			indexoid = RelationGetPrimaryKeyIndex(rel);
 	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
-	Relation	index = index_open(indexoid, AccessShareLock);
-	ScanKeyData skey[2];
-	SysScanDesc scan;
+	TableScanDesc scan = table_beginscan(rel, snap, 0, NULL);
 	HeapTuple	tup;
-	int64		result = -1;
+	bool		found = false;
 
-	ScanKeyInit(&skey[0], 1, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(lo));
-	ScanKeyInit(&skey[1], 1, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(hi));
-	scan = systable_beginscan_ordered(rel, index, snap, 2, skey);
-	while ((tup = systable_getnext_ordered(scan, backward ? BackwardScanDirection :
-										   ForwardScanDirection)) != NULL)
+	while (!found && (tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
 	{
 		bool		isnull;
+		Datum		at;
 
 		if (TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)))
 			continue;
-		result = DatumGetInt64(heap_getattr(tup, Anum_ec_queue_id,
-											RelationGetDescr(rel), &isnull));
-		break;
+		at = heap_getattr(tup, Anum_ec_queue_queued_at, RelationGetDescr(rel), &isnull);
+		found = isnull || DatumGetTimestampTz(at) < start;
 	}
-	systable_endscan_ordered(scan);
-	index_close(index, AccessShareLock);
+	table_endscan(scan);
 	UnregisterSnapshot(snap);
-	return result;
+	return found;
 }
 
 static long
@@ -386,8 +381,6 @@ entity_cache_sync(PG_FUNCTION_ARGS)
 	TimestampTz deadline;
 	bool		done = false;
 	Relation	rel = NULL;
-	int64		lo = 0;
-	int64		hi = -1;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -421,18 +414,8 @@ entity_cache_sync(PG_FUNCTION_ARGS)
 		else
 		{
 			if (rel == NULL)
-			{
 				rel = table_open(ec_queue_relid(false), AccessShareLock);
-				hi = pending_id(rel, 0, PG_INT64_MAX, true);
-			}
-
-			/*
-			 * A row below lo that we see now was invisible at the last look,
-			 * so it committed after we started: not ours to wait for.
-			 */
-			if (hi >= 0)
-				lo = pending_id(rel, lo, hi, false);
-			if (hi < 0 || lo < 0)
+			if (!pending_before(rel, start))
 			{
 				done = true;
 				break;

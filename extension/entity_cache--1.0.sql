@@ -7,8 +7,14 @@
 -- Redis acknowledged them.  relid/template/vals let it find the row again
 -- in refresh mode.  The C code writes rows column by column: keep this
 -- shape in step with extension/entity_cache.h.
+--
+-- No id, no index: every writer of a watched table inserts here, and a
+-- sequence and a primary key were two pages every writer had to lock in
+-- turn.  Order does not matter (a key is deleted, or rewritten from the
+-- row as it is when the batch is applied), so the worker takes rows in
+-- physical order.  REPLICA IDENTITY FULL keeps its deletes legal if a
+-- publication FOR ALL TABLES includes the queue.
 CREATE TABLE entity_cache.queue (
-    id        bigserial PRIMARY KEY,
     op        "char" NOT NULL CHECK (op IN ('k', 'f')),
     key       text NOT NULL,
     relid     oid,
@@ -21,9 +27,9 @@ ALTER TABLE entity_cache.queue SET (autovacuum_vacuum_scale_factor = 0.0,
                                     autovacuum_vacuum_threshold = 1000,
                                     autovacuum_vacuum_insert_scale_factor = 0.0,
                                     autovacuum_vacuum_insert_threshold = 10000);
+ALTER TABLE entity_cache.queue REPLICA IDENTITY FULL;
 
 REVOKE ALL ON entity_cache.queue FROM PUBLIC;
-REVOKE ALL ON SEQUENCE entity_cache.queue_id_seq FROM PUBLIC;
 GRANT USAGE ON SCHEMA entity_cache TO PUBLIC;
 
 CREATE FUNCTION entity_cache.capture()

@@ -16,7 +16,6 @@
 
 #define EC_SCHEMA "entity_cache"
 #define EC_QUEUE "queue"
-#define EC_QUEUE_SEQ "queue_id_seq"
 #define EC_NOTIFY_CHANNEL "entity_cache"
 #define EC_WORKER_NAME "entity_cache worker"
 
@@ -25,14 +24,13 @@
 #define EC_OP_FLUSH 'f'			/* SCAN MATCH key, UNLINK what matches */
 
 /* columns of entity_cache.queue, in order */
-#define Natts_ec_queue 7
-#define Anum_ec_queue_id 1
-#define Anum_ec_queue_op 2
-#define Anum_ec_queue_key 3
-#define Anum_ec_queue_relid 4
-#define Anum_ec_queue_template 5
-#define Anum_ec_queue_vals 6
-#define Anum_ec_queue_queued_at 7
+#define Natts_ec_queue 6
+#define Anum_ec_queue_op 1
+#define Anum_ec_queue_key 2
+#define Anum_ec_queue_relid 3
+#define Anum_ec_queue_template 4
+#define Anum_ec_queue_vals 5
+#define Anum_ec_queue_queued_at 6
 
 typedef enum EcMode
 {

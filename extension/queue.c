@@ -4,11 +4,12 @@
  *	  Append rows to entity_cache.queue from the capture trigger and the
  *	  SQL functions, once per key per transaction.
  *
- * This is on every writer's hot path, so rows go straight into the heap and
- * its primary key index (the way the catalog code inserts) instead of
- * through SPI: no parse, no plan, no executor start-up per statement, and no
- * privilege check, which is what lets writers of a watched table queue keys
- * without any right on the queue.
+ * This is on every writer's hot path, so rows go straight into the heap (the
+ * way the catalog code inserts) instead of through SPI: no parse, no plan,
+ * no executor start-up per statement, and no privilege check, which is what
+ * lets writers of a watched table queue keys without any right on the queue.
+ * The queue has no index and no sequence (see entity_cache--1.0.sql): each
+ * row costs one heap insert and its WAL record.
  *
  * A key already queued by the same transaction is not queued again.  The
  * dedup table remembers which subtransaction queued each key, so that a
@@ -24,7 +25,6 @@
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "commands/async.h"
-#include "commands/sequence.h"
 #include "common/hashfn.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -46,8 +46,7 @@
 struct EcQueueWriter
 {
 	Relation	rel;
-	CatalogIndexState indstate;
-	Oid			seqid;
+	CatalogIndexState indstate;	/* none, unless someone added an index */
 	TimestampTz now;
 };
 
@@ -179,12 +178,6 @@ ec_queue_open(void)
 	EcQueueWriter *w = palloc(sizeof(EcQueueWriter));
 	Oid			relid = ec_queue_relid(false);
 
-	w->seqid = get_relname_relid(EC_QUEUE_SEQ, get_rel_namespace(relid));
-	if (!OidIsValid(w->seqid))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("entity_cache.queue_id_seq does not exist"),
-				 errhint("Reinstall the extension: DROP EXTENSION entity_cache CASCADE; CREATE EXTENSION entity_cache;")));
 	w->rel = table_open(relid, RowExclusiveLock);
 	if (RelationGetDescr(w->rel)->natts != Natts_ec_queue)
 		ereport(ERROR,
@@ -293,7 +286,6 @@ ec_queue_add(EcQueueWriter *w, char op, const char *key, Oid relid,
 		return false;
 
 	memset(nulls, false, sizeof(nulls));
-	values[Anum_ec_queue_id - 1] = Int64GetDatum(nextval_internal(w->seqid, false));
 	values[Anum_ec_queue_op - 1] = CharGetDatum(op);
 	values[Anum_ec_queue_key - 1] = CStringGetTextDatum(key);
 	values[Anum_ec_queue_relid - 1] = ObjectIdGetDatum(relid);

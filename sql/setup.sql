@@ -33,4 +33,4 @@ CREATE FUNCTION take_queue(OUT op "char", OUT key text, OUT vals text[])
 RETURNS SETOF record LANGUAGE sql AS $$
     DELETE FROM entity_cache.queue RETURNING op, key, vals
 $$;
-CREATE VIEW queued AS SELECT op, key, vals FROM entity_cache.queue ORDER BY id;
+CREATE VIEW queued AS SELECT op, key, vals FROM entity_cache.queue ORDER BY queued_at, ctid;

@@ -17,11 +17,14 @@
 
 #include "entity_cache.h"
 
+#include "access/heapam.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/vacuum.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
+#include "executor/tuptable.h"
 #include "lib/stringinfo.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_node.h"
@@ -44,7 +47,7 @@
 
 typedef struct QueueRow
 {
-	int64		id;
+	ItemPointerData tid;
 	char		op;
 	char	   *key;
 	size_t		keylen;
@@ -62,96 +65,106 @@ typedef struct Lookup
 	SPIPlanPtr	plan;
 } Lookup;
 
-static SPIPlanPtr delete_plan = NULL;
 static List *lookups = NIL;		/* in TopMemoryContext */
 static MemoryContext batch_cxt = NULL;
 
 /*
- * No FOR UPDATE: only this worker deletes queue rows (worker_attach makes
- * sure there is one), and locking each row first would double the WAL.
- * Rows are matched by ctid (they are never updated), which saves a second
- * index search per row.  "id > $2" is the watermark: see ec_drain_batch.
+ * Where the next batch starts: just past the last row of a full batch, or
+ * invalid for the beginning of the table.  While a backlog drains, each
+ * batch starts where the last one ended instead of walking again over the
+ * rows already deleted (they stay until pruned or vacuumed, and walking
+ * them made a long drain quadratic).  A row inserted behind the watermark
+ * (into space vacuum freed) is not lost: the batch that reaches the end of
+ * the table resets the watermark, and the next pass starts from the
+ * beginning.
  */
-static const char *DELETE_SQL =
-"DELETE FROM entity_cache.queue q "
-"WHERE q.ctid = ANY (ARRAY(SELECT ctid FROM entity_cache.queue "
-"                          WHERE id > $2 ORDER BY id LIMIT $1)) "
-"RETURNING q.id, q.op, q.key, q.relid, q.template, q.vals";
+static ItemPointerData watermark;
+
+/* when the pass that the watermark is part of started */
+static TimestampTz pass_started = 0;
 
 /*
- * After a full batch, the highest id it took; 0 otherwise.  While a backlog
- * drains, each batch starts where the last one ended instead of walking the
- * index entries of every row already deleted (they stay until vacuum, and
- * walking them made a long drain quadratic).  A row whose id is below the
- * watermark but committed late is not lost: the first batch that comes back
- * short resets the watermark, and the next one starts from the beginning.
+ * Read up to batch_size queue rows visible to the transaction's snapshot,
+ * in physical order from the watermark on.  Nothing is deleted yet: that
+ * waits until Redis has acknowledged them.  Only this worker deletes queue
+ * rows (worker_attach makes sure there is one), so no row lock is taken;
+ * locking each row would double the WAL.
  */
-static int64 watermark = 0;
-
 static int
-row_cmp(const void *a, const void *b)
+fetch_rows(Relation rel, int batch_size, bool want_lookup, QueueRow **rows_out)
 {
-	int64		x = ((const QueueRow *) a)->id;
-	int64		y = ((const QueueRow *) b)->id;
-
-	return x < y ? -1 : x > y;
-}
-
-static int
-fetch_rows(int batch_size, bool want_lookup, QueueRow **rows_out)
-{
-	Datum		args[2] = {Int32GetDatum(batch_size), Int64GetDatum(watermark)};
-	Oid			argtypes[2] = {INT4OID, INT8OID};
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	ItemPointerData mintid;
+	ItemPointerData maxtid;
+	TableScanDesc scan;
 	QueueRow   *rows;
-	int			n;
+	int			n = 0;
 
-	if (delete_plan == NULL)
+	if (ItemPointerIsValid(&watermark))
+		ItemPointerSet(&mintid, ItemPointerGetBlockNumber(&watermark),
+					   ItemPointerGetOffsetNumber(&watermark) + 1);
+	else
+		ItemPointerSet(&mintid, 0, FirstOffsetNumber);
+	ItemPointerSet(&maxtid, MaxBlockNumber, MaxOffsetNumber);
+
+	rows = MemoryContextAlloc(batch_cxt, sizeof(QueueRow) * batch_size);
+	scan = table_beginscan_tidrange(rel, GetActiveSnapshot(), &mintid, &maxtid);
+	while (n < batch_size &&
+		   table_scan_getnextslot_tidrange(scan, ForwardScanDirection, slot))
 	{
-		SPIPlanPtr	p = SPI_prepare(DELETE_SQL, 2, argtypes);
-
-		if (p == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		delete_plan = p;
-	}
-	if (SPI_execute_plan(delete_plan, args, NULL, false, 0) != SPI_OK_DELETE_RETURNING)
-		elog(ERROR, "could not take rows from entity_cache.queue");
-
-	n = (int) SPI_processed;
-	rows = MemoryContextAlloc(batch_cxt, sizeof(QueueRow) * Max(n, 1));
-	for (int i = 0; i < n; i++)
-	{
-		HeapTuple	t = SPI_tuptable->vals[i];
-		TupleDesc	d = SPI_tuptable->tupdesc;
-		bool		isnull;
+		QueueRow   *r = &rows[n++];
+		MemoryContext old = MemoryContextSwitchTo(batch_cxt);
 		text	   *k;
-		MemoryContext old;
+		bool		isnull;
 
-		rows[i].id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
-		rows[i].op = DatumGetChar(SPI_getbinval(t, d, 2, &isnull));
-		old = MemoryContextSwitchTo(batch_cxt);
-		k = DatumGetTextPP(SPI_getbinval(t, d, 3, &isnull));
-		rows[i].keylen = VARSIZE_ANY_EXHDR(k);
-		rows[i].key = text_to_cstring(k);
-		rows[i].relid = InvalidOid;
-		rows[i].template = NULL;
-		rows[i].vals = (Datum) 0;
+		slot_getallattrs(slot);
+		r->tid = slot->tts_tid;
+		r->op = DatumGetChar(slot->tts_values[Anum_ec_queue_op - 1]);
+		k = DatumGetTextPP(slot->tts_values[Anum_ec_queue_key - 1]);
+		r->keylen = VARSIZE_ANY_EXHDR(k);
+		r->key = text_to_cstring(k);
+		r->relid = InvalidOid;
+		r->template = NULL;
+		r->vals = (Datum) 0;
 		/* what finds the row again matters in refresh mode only */
 		if (want_lookup)
 		{
-			rows[i].relid = DatumGetObjectId(SPI_getbinval(t, d, 4, &isnull));
-			if (isnull)
-				rows[i].relid = InvalidOid;
-			rows[i].template = SPI_getvalue(t, d, 5);
-			rows[i].vals = SPI_getbinval(t, d, 6, &isnull);
-			rows[i].vals = isnull ? (Datum) 0 :
-				PointerGetDatum(DatumGetArrayTypePCopy(rows[i].vals));
+			isnull = slot->tts_isnull[Anum_ec_queue_relid - 1];
+			if (!isnull)
+				r->relid = DatumGetObjectId(slot->tts_values[Anum_ec_queue_relid - 1]);
+			if (!slot->tts_isnull[Anum_ec_queue_template - 1])
+				r->template = TextDatumGetCString(slot->tts_values[Anum_ec_queue_template - 1]);
+			if (!slot->tts_isnull[Anum_ec_queue_vals - 1])
+				r->vals = PointerGetDatum(DatumGetArrayTypePCopy(slot->tts_values[Anum_ec_queue_vals - 1]));
 		}
 		MemoryContextSwitchTo(old);
 	}
-	qsort(rows, n, sizeof(QueueRow), row_cmp);
+	table_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
 	*rows_out = rows;
 	return n;
+}
+
+/*
+ * Remove the applied rows.  A row someone else deleted meanwhile (a
+ * superuser emptying the queue by hand) is simply gone already.
+ */
+static void
+delete_rows(Relation rel, QueueRow *rows, int n)
+{
+	CommandId	cid = GetCurrentCommandId(true);
+
+	for (int i = 0; i < n; i++)
+	{
+		TM_FailureData tmfd;
+		TM_Result	res;
+
+		res = heap_delete(rel, &rows[i].tid, cid, InvalidSnapshot, true, &tmfd, false);
+		if (res != TM_Ok && res != TM_Deleted && res != TM_Updated)
+			elog(ERROR, "unexpected result %d deleting queue row (%u,%u)", (int) res,
+				 ItemPointerGetBlockNumber(&rows[i].tid),
+				 ItemPointerGetOffsetNumber(&rows[i].tid));
+	}
 }
 
 /* Build (once) the plan that reads the row a key was rendered from. */
@@ -408,10 +421,11 @@ apply_rows(QueueRow *rows, int n, StringInfo err)
 
 /*
  * Rows removed since the queue was last vacuumed.  Every batch that starts
- * from the beginning walks the index entries of rows removed since the
- * last vacuum, and autovacuum visits a database only once a minute: at ten
- * thousand keys a second that walk is most of the worker's time.  So the
- * worker vacuums its own queue every so often.
+ * from the beginning walks the rows removed since the last vacuum (pruning
+ * frees their space but leaves their line pointers), and autovacuum visits
+ * a database only once a minute: at ten thousand keys a second that walk
+ * would be most of the worker's time, and the table would only grow.  So
+ * the worker vacuums its own queue every so often.
  */
 #define VACUUM_EVERY_ROWS 20000
 static uint64 removed_since_vacuum = 0;
@@ -452,8 +466,10 @@ vacuum_queue(void)
 
 /*
  * Apply one batch.  *drained_as_of is set (else left alone) when the batch
- * took every row visible to a snapshot taken after that time: everything
- * committed before it is now in Redis, which is what sync() waits for.
+ * ends a pass over the whole table: every row visible to a snapshot taken
+ * after the pass started has been seen by one of its batches, so
+ * everything committed before that is now in Redis, which is what sync()
+ * waits for.
  */
 EcDrainResult
 ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
@@ -462,8 +478,8 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	QueueRow   *rows;
 	int			n;
 	bool		ok;
-	bool		from_start = (watermark == 0);
-	TimestampTz started;
+	Oid			relid;
+	Relation	rel;
 
 	*napplied = 0;
 	if (batch_cxt == NULL)
@@ -471,13 +487,15 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 										  ALLOCSET_DEFAULT_SIZES);
 
 	/* before the snapshot: it sees every commit that finished by then */
-	started = GetCurrentTimestamp();
+	if (!ItemPointerIsValid(&watermark))
+		pass_started = GetCurrentTimestamp();
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 
-	if (!OidIsValid(ec_queue_relid(true)))
+	relid = ec_queue_relid(true);
+	if (!OidIsValid(relid))
 	{
 		SPI_finish();
 		PopActiveSnapshot();
@@ -486,13 +504,17 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	}
 
 	pgstat_report_activity(STATE_RUNNING, "applying entity_cache.queue");
-	n = fetch_rows(batch_size, ec_mode == EC_MODE_REFRESH, &rows);
+	rel = table_open(relid, RowExclusiveLock);
+	n = fetch_rows(rel, batch_size, ec_mode == EC_MODE_REFRESH, &rows);
 	ok = (n == 0) || apply_rows(rows, n, err);
+	if (ok && n > 0)
+		delete_rows(rel, rows, n);
+	table_close(rel, NoLock);
 
 	if (ok && n == batch_size)
-		watermark = rows[n - 1].id;
+		watermark = rows[n - 1].tid;
 	else
-		watermark = 0;
+		ItemPointerSetInvalid(&watermark);
 
 	SPI_finish();
 	PopActiveSnapshot();
@@ -508,8 +530,8 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	if (!ok)
 		return EC_DRAIN_REDIS_ERROR;
 	*napplied = n;
-	if (from_start && n < batch_size)
-		*drained_as_of = started;
+	if (n < batch_size)
+		*drained_as_of = pass_started;
 
 	/* not in the middle of a backlog: there the watermark skips the dead */
 	removed_since_vacuum += n;
