@@ -427,7 +427,7 @@ apply_rows(QueueRow *rows, int n, StringInfo err)
  * would be most of the worker's time, and the table would only grow.  So
  * the worker vacuums its own queue every so often.
  */
-#define VACUUM_EVERY_ROWS 20000
+#define VACUUM_EVERY_ROWS 2000
 static uint64 removed_since_vacuum = 0;
 
 static void

@@ -35,6 +35,14 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
+/*
+ * A batch of this many keys or more (about 8,000 commits a second at the
+ * default batch_delay) stretches the delay before the next batch by this
+ * factor.  Below it, latency wins; above it, fewer and larger batches.
+ */
+#define BUSY_BATCH 8
+#define BUSY_DELAY_FACTOR 3
+
 static void
 set_connected(bool connected)
 {
@@ -273,11 +281,15 @@ entity_cache_worker_main(Datum main_arg)
 		/*
 		 * Writers that commit while we sleep set the latch; let the batch
 		 * delay pass first so that the next batch takes them all.  A batch
-		 * that found nothing means the worker is idle: no delay then.
+		 * that found nothing means the worker is idle: no delay then.  Under
+		 * heavy writing (a batch of BUSY_BATCH keys or more) the delay is
+		 * longer: each batch is a transaction of the worker's, and on a busy
+		 * server those transactions take CPU from the writers.
 		 */
 		if (napplied > 0 && ec_batch_delay_ms > 0)
 		{
-			long		delay_us = (long) (ec_batch_delay_ms * 1000.0);
+			long		delay_us = (long) (ec_batch_delay_ms * 1000.0 *
+										   (napplied >= BUSY_BATCH ? BUSY_DELAY_FACTOR : 1));
 			long		spent_us;
 			long		secs;
 			int			usecs;
