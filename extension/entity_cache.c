@@ -208,7 +208,8 @@ define_gucs(void)
 	DefineCustomRealVariable("entity_cache.batch_delay",
 							"Least time between the starts of two batches.",
 							"Under a stream of commits, one round trip then carries the keys of many "
-							"of them instead of one or two each; an idle worker still starts at once.",
+							"of them instead of one or two each; an idle worker still starts at once. "
+							"After a batch of 8 keys or more, the worker waits three times as long.",
 							&ec_batch_delay_ms,
 							1.0, 0, 1000,
 							PGC_SIGHUP,

@@ -20,8 +20,10 @@ SELECT * FROM entity_cache.watched;
 SELECT tgname, tgenabled, tgtype
 FROM pg_trigger WHERE tgrelid = 'app.entity'::regclass ORDER BY tgname;
 
--- the queue is empty and owned by the extension
+-- the queue is empty and owned by the extension; it has no index (every
+-- writer inserts into it) and logs whole rows if it is ever decoded
 SELECT count(*) FROM entity_cache.queue;
+SELECT relhasindex, relreplident FROM pg_class WHERE oid = 'entity_cache.queue'::regclass;
 SELECT classid::regclass, objid::regclass
 FROM pg_depend
 WHERE refobjid = (SELECT oid FROM pg_extension WHERE extname = 'entity_cache')
