@@ -7,6 +7,7 @@ use warnings;
 
 use Exporter 'import';
 use FindBin;
+use File::Path ();
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Time::HiRes qw(usleep time);
@@ -38,10 +39,21 @@ sub start_redis
 
 # restart_redis($r): stop it if it runs, start it again on the same port,
 # with the same directory and options; with persist, the data comes back.
+# restart_redis($r, empty => 1): its data files (AOF, RDB) removed first, so
+# it comes back empty, as a Redis without persistence would.
 sub restart_redis
 {
-	my ($r) = @_;
+	my ($r, %opts) = @_;
 	stop_redis($r);
+	if ($opts{empty})
+	{
+		opendir my $dh, $r->{dir} or die "$r->{dir}: $!";
+		for my $f (grep { !/^\.\.?$/ && !/^redis\.(log|pid)$/ } readdir $dh)
+		{
+			File::Path::rmtree("$r->{dir}/$f");
+		}
+		closedir $dh;
+	}
 	_launch_redis($r);
 	return $r;
 }
