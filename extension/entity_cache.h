@@ -10,6 +10,7 @@
 
 #include "postgres.h"
 
+#include "access/tupdesc.h"
 #include "datatype/timestamp.h"
 #include "storage/condition_variable.h"
 #include "storage/spin.h"
@@ -74,6 +75,7 @@ extern void ec_wake_worker(void);
 
 /* queue.c */
 extern Oid	ec_queue_relid(bool missing_ok);
+extern bool ec_queue_shape_ok(TupleDesc desc);
 typedef struct EcQueueWriter EcQueueWriter;
 extern EcQueueWriter *ec_queue_open(void);
 extern bool ec_queue_add(EcQueueWriter *w, char op, const char *key,

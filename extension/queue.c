@@ -24,6 +24,7 @@
 #include "access/xact.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "common/hashfn.h"
 #include "utils/builtins.h"
@@ -193,6 +194,31 @@ ec_queue_relid(bool missing_ok)
 	return queue_relid;
 }
 
+/*
+ * Does the queue have the columns, in the order and of the types, that the
+ * C code reads and writes by position?  A superuser can change an
+ * extension's table; reading a dropped or retyped column by position would
+ * read garbage.
+ */
+bool
+ec_queue_shape_ok(TupleDesc desc)
+{
+	static const Oid types[Natts_ec_queue] = {
+		CHAROID, TEXTOID, OIDOID, TEXTOID, TEXTARRAYOID, TIMESTAMPTZOID
+	};
+
+	if (desc->natts != Natts_ec_queue)
+		return false;
+	for (int i = 0; i < Natts_ec_queue; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped || att->atttypid != types[i])
+			return false;
+	}
+	return true;
+}
+
 EcQueueWriter *
 ec_queue_open(void)
 {
@@ -200,11 +226,13 @@ ec_queue_open(void)
 	Oid			relid = ec_queue_relid(false);
 
 	w->rel = table_open(relid, RowExclusiveLock);
-	if (RelationGetDescr(w->rel)->natts != Natts_ec_queue)
+	if (!ec_queue_shape_ok(RelationGetDescr(w->rel)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("entity_cache.queue does not have the columns this library expects"),
-				 errhint("The extension's SQL and library versions differ; run ALTER EXTENSION entity_cache UPDATE.")));
+				 errdetail("Expected (op \"char\", key text, relid oid, template text, vals text[], queued_at timestamptz), none dropped."),
+				 errhint("The table was changed by hand, or the extension's SQL and library versions differ. "
+						 "Reinstall: DROP EXTENSION entity_cache CASCADE; CREATE EXTENSION entity_cache; then watch() again.")));
 	w->indstate = CatalogOpenIndexes(w->rel);
 	w->now = GetCurrentTimestamp();
 	return w;

@@ -46,3 +46,18 @@ DROP TABLE app.rowtrig;
 SELECT entity_cache.unwatch('app.entity');
 SELECT entity_cache.invalidate('x');
 SELECT entity_cache.watch('app.entity');
+
+-- a queue changed by hand: writes fail with a clear message instead of
+-- writing columns by position into the wrong place
+BEGIN;
+ALTER TABLE entity_cache.queue ADD COLUMN junk int;
+UPDATE app.entity SET label = 'x' WHERE code = 'a';
+ROLLBACK;
+BEGIN;
+ALTER TABLE entity_cache.queue DROP COLUMN template;
+UPDATE app.entity SET label = 'x' WHERE code = 'a';
+ROLLBACK;
+BEGIN;
+ALTER TABLE entity_cache.queue ALTER COLUMN relid TYPE int8;
+UPDATE app.entity SET label = 'x' WHERE code = 'a';
+ROLLBACK;

@@ -144,5 +144,36 @@ redis_cli($redis, 'CONFIG', 'SET', 'maxmemory', '0');
 ok(wait_for_sync($node), 'memory raised: drained');
 like(redis_cli($redis, 'GET', 'h:oom'), qr/"k":"oom"/, 'refresh SET applied after OOM');
 
+# A queue changed by hand must not crash the worker: a row without a key
+# is removed with a WARNING; a column added to the queue stops the worker's
+# reading (the C code reads columns by position) with an error in status,
+# and reinstalling the extension recovers.
+my $pid0 = worker_pid($node);
+$node->safe_psql('postgres', q{
+	ALTER TABLE entity_cache.queue ALTER COLUMN key DROP NOT NULL;
+	INSERT INTO entity_cache.queue (op, key) VALUES ('k', NULL);
+});
+ok(wait_for_sync($node), 'a queue row without a key is removed');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM entity_cache.queue'), '0', 'queue empty');
+ok($node->log_contains(qr/removing a queue row without op or key/), 'with a WARNING');
+$node->safe_psql('postgres', q{ALTER TABLE entity_cache.queue ADD COLUMN junk int});
+ok(wait_until(sub {
+	$node->safe_psql('postgres', 'SELECT last_error FROM entity_cache.status') =~ /does not have the columns/ }),
+	'a queue with an extra column: the worker says so in status');
+my ($ret, $out, $err) = $node->psql('postgres', q{UPDATE app.hostile SET k = k WHERE id = 3});
+like($err, qr/entity_cache.queue does not have the columns this library expects/,
+	'and writers get a clear error');
+is(worker_pid($node), $pid0, 'the worker did not crash');
+$node->safe_psql('postgres', q{
+	DROP EXTENSION entity_cache CASCADE;
+	CREATE EXTENSION entity_cache;
+	SELECT entity_cache.watch('app.hostile', 'h:{k}');
+});
+redis_cli($redis, 'SET', 'h:after', 'cached');
+$node->safe_psql('postgres', q{UPDATE app.hostile SET k = 'after' WHERE id = 3});
+ok(wait_for_sync($node), 'reinstalled: drains again');
+like(redis_cli($redis, 'GET', 'h:after'), qr/"k":"after"/, 'the worker applies the new queue');
+is(worker_pid($node), $pid0, 'same worker throughout');
+
 $node->stop;
 done_testing();

@@ -119,13 +119,25 @@ fetch_rows(Relation rel, int batch_size, bool want_lookup, QueueRow **rows_out)
 
 		slot_getallattrs(slot);
 		r->tid = slot->tts_tid;
+		r->relid = InvalidOid;
+		r->template = NULL;
+		r->vals = (Datum) 0;
+		if (slot->tts_isnull[Anum_ec_queue_op - 1] ||
+			slot->tts_isnull[Anum_ec_queue_key - 1])
+		{
+			/* only a hand-made row can lack them; remove it, do nothing */
+			ereport(WARNING,
+					(errmsg("entity_cache: removing a queue row without op or key")));
+			r->op = EC_OP_KEY;
+			r->key = NULL;
+			r->keylen = 0;
+			MemoryContextSwitchTo(old);
+			continue;
+		}
 		r->op = DatumGetChar(slot->tts_values[Anum_ec_queue_op - 1]);
 		k = DatumGetTextPP(slot->tts_values[Anum_ec_queue_key - 1]);
 		r->keylen = VARSIZE_ANY_EXHDR(k);
 		r->key = text_to_cstring(k);
-		r->relid = InvalidOid;
-		r->template = NULL;
-		r->vals = (Datum) 0;
 		/* what finds the row again matters in refresh mode only */
 		if (want_lookup)
 		{
@@ -344,7 +356,7 @@ collapse_duplicates(QueueRow *rows, int n)
 			int			idx;
 		}		   *e;
 
-		if (rows[i].op != EC_OP_KEY)
+		if (rows[i].op != EC_OP_KEY || rows[i].key == NULL)
 			continue;
 		h = hash_bytes((const unsigned char *) rows[i].key, rows[i].keylen);
 		e = hash_search(seen, &h, HASH_ENTER, &found);
@@ -387,7 +399,7 @@ apply_rows(QueueRow *rows, int n, StringInfo err)
 
 	/* flushes first: a TRUNCATE then INSERT in one batch must end cached */
 	for (int i = 0; i < n; i++)
-		if (rows[i].op == EC_OP_FLUSH &&
+		if (rows[i].op == EC_OP_FLUSH && rows[i].key != NULL &&
 			!ec_redis_flush_pattern(rows[i].key, rows[i].keylen, &flushed, err))
 			return false;
 
@@ -505,6 +517,16 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 
 	pgstat_report_activity(STATE_RUNNING, "applying entity_cache.queue");
 	rel = table_open(relid, RowExclusiveLock);
+	if (!ec_queue_shape_ok(RelationGetDescr(rel)))
+	{
+		table_close(rel, NoLock);
+		SPI_finish();
+		PopActiveSnapshot();
+		AbortCurrentTransaction();
+		appendStringInfoString(err, "entity_cache.queue does not have the columns this library expects; "
+							   "reinstall the extension");
+		return EC_DRAIN_ERROR;
+	}
 	n = fetch_rows(rel, batch_size, ec_mode == EC_MODE_REFRESH, &rows);
 	ok = (n == 0) || apply_rows(rows, n, err);
 	if (ok && n > 0)
@@ -528,7 +550,7 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	MemoryContextReset(batch_cxt);
 
 	if (!ok)
-		return EC_DRAIN_REDIS_ERROR;
+		return EC_DRAIN_ERROR;
 	*napplied = n;
 	if (n < batch_size)
 		*drained_as_of = pass_started;

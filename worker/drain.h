@@ -16,7 +16,7 @@
 typedef enum EcDrainResult
 {
 	EC_DRAIN_OK,				/* *napplied rows applied and removed */
-	EC_DRAIN_REDIS_ERROR,		/* nothing removed; err says why */
+	EC_DRAIN_ERROR,				/* nothing removed; err says why */
 	EC_DRAIN_NOT_INSTALLED		/* no entity_cache.queue in this database */
 } EcDrainResult;
 

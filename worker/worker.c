@@ -258,7 +258,7 @@ entity_cache_worker_main(Datum main_arg)
 			wait_ms(NOT_INSTALLED_POLL_MS);
 			continue;
 		}
-		if (res == EC_DRAIN_REDIS_ERROR)
+		if (res == EC_DRAIN_ERROR)
 		{
 			backoff = fail_and_back_off(err.data, backoff);
 			continue;
