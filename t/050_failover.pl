@@ -16,13 +16,6 @@ my $primary = new_node('primary', $redis, init => { allows_streaming => 1 });
 
 sub remaining { redis_count($redis, 'entity:metadata:f*') }
 
-sub worker_count
-{
-	my ($node) = @_;
-	return $node->safe_psql('postgres',
-		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'entity_cache worker'");
-}
-
 # Redis connections other than the redis-cli asking
 sub redis_clients
 {
@@ -36,14 +29,7 @@ $primary->safe_psql('postgres',
 	q{INSERT INTO app.entity (code) SELECT 'f' || g FROM generate_series(1, 500) g});
 ok(wait_for_sync($primary), 'primary: initial rows applied');
 
-$primary->backup('bk');
-my $standby = PostgreSQL::Test::Cluster->new('standby');
-$standby->init_from_backup($primary, 'bk', has_streaming => 1);
-like(slurp_file($standby->data_dir . '/postgresql.conf'),
-	qr/shared_preload_libraries = 'entity_cache'.*entity_cache\.redis_url = 'redis:\/\/127\.0\.0\.1:$redis->{port}\/0'/s,
-	'standby: preloads entity_cache, same Redis');
-$standby->start;
-$primary->wait_for_catchup($standby);
+my $standby = new_standby($primary, $redis, 'standby');
 
 is(worker_count($primary), '1', 'primary: one entity_cache worker');
 # a wrongly registered worker (e.g. BgWorkerStart_ConsistentState) would

@@ -611,13 +611,6 @@ sub aof_contains
 #
 # 6. a streaming standby promoted after the primary stops with a backlog
 #
-sub worker_count
-{
-	my ($n) = @_;
-	return $n->safe_psql('postgres',
-		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'entity_cache worker'");
-}
-
 # commands only an entity_cache worker sends (PING at connect, UNLINK,
 # SCAN): the counts since the last CONFIG RESETSTAT, '' if none
 sub worker_commands
@@ -636,14 +629,7 @@ sub other_clients
 
 {
 	my $name = 'standby_promotion';
-	$node->backup('before_promotion');
-	my $standby = PostgreSQL::Test::Cluster->new('standby');
-	$standby->init_from_backup($node, 'before_promotion', has_streaming => 1);
-	like(slurp_file($standby->data_dir . '/postgresql.conf'),
-		qr/shared_preload_libraries = 'entity_cache'.*entity_cache\.redis_url = 'redis:\/\/127\.0\.0\.1:$redis->{port}\/0'/s,
-		"$name: the standby preloads entity_cache, same Redis");
-	$standby->start;
-	$node->wait_for_catchup($standby);
+	my $standby = new_standby($node, $redis, 'standby');
 	is(worker_count($standby), '0', "$name: no worker on the standby");
 
 	my $pre = fill_cache();

@@ -15,7 +15,7 @@ use Test::More;
 
 our @EXPORT = qw(start_redis restart_redis redis_cli stop_redis new_node
   create_entity_schema wait_for_sync wait_until redis_fill redis_count
-  ec_status worker_pid redis_exist_count);
+  ec_status worker_pid redis_exist_count worker_count new_standby);
 
 my @redis_servers;
 
@@ -206,6 +206,31 @@ sub worker_pid
 	my ($node) = @_;
 	return $node->safe_psql('postgres',
 		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'entity_cache worker'");
+}
+
+# how many entity_cache workers the node runs (0 on a standby)
+sub worker_count
+{
+	my ($node) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'entity_cache worker'");
+}
+
+# A streaming standby of $primary from a fresh backup, started and caught
+# up; it inherits the primary's configuration, so it preloads entity_cache
+# and points at the same Redis (checked).
+sub new_standby
+{
+	my ($primary, $redis, $name) = @_;
+	$primary->backup("${name}_backup");
+	my $standby = PostgreSQL::Test::Cluster->new($name);
+	$standby->init_from_backup($primary, "${name}_backup", has_streaming => 1);
+	Test::More::like(PostgreSQL::Test::Utils::slurp_file($standby->data_dir . '/postgresql.conf'),
+		qr/shared_preload_libraries = 'entity_cache'.*entity_cache\.redis_url = 'redis:\/\/127\.0\.0\.1:$redis->{port}\/0'/s,
+		"$name: preloads entity_cache, same Redis");
+	$standby->start;
+	$primary->wait_for_catchup($standby);
+	return $standby;
 }
 
 # entity_cache.sync() until true: everything committed so far is in Redis
