@@ -369,10 +369,10 @@ worker_serves_us(void)
  * With our worker running, no table is read: the worker publishes the
  * start of its last complete pass over the queue (see drain.c), and once
  * that is later than our own start, whatever we could see has been
- * applied.  We set its
- * latch so it checks at once instead of at its next poll.  Without it (no
- * preloading, or a worker serving another database) we look at the queue
- * itself; that only ever returns true on a queue that empties.
+ * applied.  We set its latch so it checks at once instead of at its next
+ * poll.  Without it (no preloading, or a worker serving another database)
+ * we look at the queue itself; that only ever returns true on a queue that
+ * empties.
  */
 Datum
 entity_cache_sync(PG_FUNCTION_ARGS)
