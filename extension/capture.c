@@ -53,8 +53,13 @@ slot_value(void *arg, AttrNumber attnum)
 	return OutputFunctionCall(f, d);
 }
 
+/*
+ * Queue the keys of every row of the given transition tables (an UPDATE
+ * has two: the old rows and the new ones, so a changed key column queues
+ * both keys; an unchanged one is queued once, by the dedup in queue.c).
+ */
 static void
-capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate *ts,
+capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate **stores, int nstores,
 			 EcBoundTemplate *bts, int nbts)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
@@ -65,7 +70,6 @@ capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate *ts,
 	MemoryContext oldcxt;
 	SlotValues	sv;
 	StringInfoData key;
-	int			readptr;
 
 	/*
 	 * Only refresh mode needs to find the row again; in delete mode the
@@ -78,30 +82,34 @@ capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate *ts,
 	sv.outfuncs = palloc0(sizeof(FmgrInfo) * desc->natts);
 	initStringInfo(&key);
 
-	/*
-	 * Read with a pointer of our own, as a NamedTuplestoreScan does: another
-	 * trigger on the table may read the same transition table.
-	 */
-	readptr = tuplestore_alloc_read_pointer(ts, EXEC_FLAG_REWIND);
-	tuplestore_select_read_pointer(ts, readptr);
-	tuplestore_rescan(ts);
-
-	while (tuplestore_gettupleslot(ts, true, false, slot))
+	for (int s = 0; s < nstores; s++)
 	{
-		oldcxt = MemoryContextSwitchTo(rowcxt);
-		for (int i = 0; i < nbts; i++)
-		{
-			Datum		vals = (Datum) 0;
+		Tuplestorestate *ts = stores[s];
 
-			if (!bts[i].complete)
-				continue;
-			if (ec_render_key(&bts[i], slot_value, &sv, &key, lookup ? &vals : NULL))
-				ec_queue_add(w, EC_OP_KEY, key.data,
-							 lookup ? RelationGetRelid(rel) : InvalidOid,
-							 lookup ? bts[i].text : NULL, vals, !lookup);
+		/*
+		 * Read with a pointer of our own, as a NamedTuplestoreScan does:
+		 * another trigger on the table may read the same transition table.
+		 */
+		tuplestore_select_read_pointer(ts, tuplestore_alloc_read_pointer(ts, EXEC_FLAG_REWIND));
+		tuplestore_rescan(ts);
+
+		while (tuplestore_gettupleslot(ts, true, false, slot))
+		{
+			oldcxt = MemoryContextSwitchTo(rowcxt);
+			for (int i = 0; i < nbts; i++)
+			{
+				Datum		vals = (Datum) 0;
+
+				if (!bts[i].complete)
+					continue;
+				if (ec_render_key(&bts[i], slot_value, &sv, &key, lookup ? &vals : NULL))
+					ec_queue_add(w, EC_OP_KEY, key.data,
+								 lookup ? RelationGetRelid(rel) : InvalidOid,
+								 lookup ? bts[i].text : NULL, vals, !lookup);
+			}
+			MemoryContextSwitchTo(oldcxt);
+			MemoryContextReset(rowcxt);
 		}
-		MemoryContextSwitchTo(oldcxt);
-		MemoryContextReset(rowcxt);
 	}
 
 	ExecDropSingleTupleTableSlot(slot);
@@ -168,10 +176,14 @@ entity_cache_capture(PG_FUNCTION_ARGS)
 	}
 	if (!truncate)
 	{
+		Tuplestorestate *stores[2];
+		int			nstores = 0;
+
 		if (td->tg_oldtable)
-			capture_rows(w, rel, td->tg_oldtable, bts, trig->tgnargs);
+			stores[nstores++] = td->tg_oldtable;
 		if (td->tg_newtable)
-			capture_rows(w, rel, td->tg_newtable, bts, trig->tgnargs);
+			stores[nstores++] = td->tg_newtable;
+		capture_rows(w, rel, stores, nstores, bts, trig->tgnargs);
 	}
 	ec_queue_close(w);
 

@@ -1,6 +1,6 @@
 -- app.entity as the application has it (the seeds' columns).  Used by the
--- demo, the TAP suites and the benchmarks; sql/setup.sql spells it out
--- for the regression output.
+-- demo, the TAP suites, the benchmarks and sql/setup.sql (psql echoes it
+-- into the regression output).
 CREATE SCHEMA IF NOT EXISTS app;
 CREATE TABLE app.entity (
     code text PRIMARY KEY,

@@ -1,16 +1,6 @@
 -- CREATE EXTENSION watches app.entity when the table already exists.
-CREATE SCHEMA app;
-CREATE TABLE app.entity (
-    code text PRIMARY KEY,
-    entity_type text NOT NULL DEFAULT 'thing',
-    label text,
-    label_plural text,
-    icon text,
-    child_entity_codes text[],
-    active_flag boolean NOT NULL DEFAULT true,
-    created_ts timestamptz NOT NULL DEFAULT now(),
-    modified_ts timestamptz NOT NULL DEFAULT now()
-);
+-- (the path is relative to the top of the tree, where make installcheck runs)
+\i scripts/app_entity.sql
 CREATE EXTENSION entity_cache;
 
 SELECT * FROM entity_cache.watched;

@@ -115,7 +115,6 @@ fetch_rows(Relation rel, int batch_size, bool want_lookup, QueueRow **rows_out)
 		QueueRow   *r = &rows[n++];
 		MemoryContext old = MemoryContextSwitchTo(batch_cxt);
 		text	   *k;
-		bool		isnull;
 
 		slot_getallattrs(slot);
 		r->tid = slot->tts_tid;
@@ -141,8 +140,7 @@ fetch_rows(Relation rel, int batch_size, bool want_lookup, QueueRow **rows_out)
 		/* what finds the row again matters in refresh mode only */
 		if (want_lookup)
 		{
-			isnull = slot->tts_isnull[Anum_ec_queue_relid - 1];
-			if (!isnull)
+			if (!slot->tts_isnull[Anum_ec_queue_relid - 1])
 				r->relid = DatumGetObjectId(slot->tts_values[Anum_ec_queue_relid - 1]);
 			if (!slot->tts_isnull[Anum_ec_queue_template - 1])
 				r->template = TextDatumGetCString(slot->tts_values[Anum_ec_queue_template - 1]);
@@ -503,30 +501,26 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 		pass_started = GetCurrentTimestamp();
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
 
 	relid = ec_queue_relid(true);
 	if (!OidIsValid(relid))
 	{
-		SPI_finish();
-		PopActiveSnapshot();
 		CommitTransactionCommand();
 		return EC_DRAIN_NOT_INSTALLED;
 	}
-
-	pgstat_report_activity(STATE_RUNNING, "applying entity_cache.queue");
 	rel = table_open(relid, RowExclusiveLock);
 	if (!ec_queue_shape_ok(RelationGetDescr(rel)))
 	{
 		table_close(rel, NoLock);
-		SPI_finish();
-		PopActiveSnapshot();
 		AbortCurrentTransaction();
 		appendStringInfoString(err, "entity_cache.queue does not have the columns this library expects; "
 							   "reinstall the extension");
 		return EC_DRAIN_ERROR;
 	}
+
+	pgstat_report_activity(STATE_RUNNING, "applying entity_cache.queue");
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
 	n = fetch_rows(rel, batch_size, ec_mode == EC_MODE_REFRESH, &rows);
 	ok = (n == 0) || apply_rows(rows, n, err);
 	if (ok && n > 0)
