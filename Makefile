@@ -15,7 +15,9 @@ OBJS = \
 	worker/redis_url.o
 
 EXTENSION = entity_cache
-DATA = extension/entity_cache--1.0.sql
+DATA = extension/entity_cache--1.0.sql \
+	extension/entity_cache--1.1.sql \
+	extension/entity_cache--1.0--1.1.sql
 PGFILEDESC = "entity_cache - keep Redis cache keys in step with table changes"
 
 PG_CPPFLAGS = -I$(srcdir)/extension -I$(srcdir)/worker

@@ -6,6 +6,8 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "postgres.h"
+
 #include "keys.h"
 
 #include "access/heapam.h"

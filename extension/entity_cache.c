@@ -6,6 +6,8 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "postgres.h"
+
 #include "entity_cache.h"
 
 #include "access/xact.h"

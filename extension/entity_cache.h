@@ -8,8 +8,6 @@
 #ifndef ENTITY_CACHE_H
 #define ENTITY_CACHE_H
 
-#include "postgres.h"
-
 #include "access/tupdesc.h"
 #include "datatype/timestamp.h"
 #include "storage/condition_variable.h"

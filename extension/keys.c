@@ -6,6 +6,8 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "postgres.h"
+
 #include "keys.h"
 
 #include "catalog/pg_type.h"

@@ -18,6 +18,8 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "postgres.h"
+
 #include "entity_cache.h"
 
 #include "access/table.h"

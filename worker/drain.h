@@ -8,8 +8,6 @@
 #ifndef EC_DRAIN_H
 #define EC_DRAIN_H
 
-#include "postgres.h"
-
 #include "datatype/timestamp.h"
 #include "lib/stringinfo.h"
 

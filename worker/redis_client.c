@@ -11,6 +11,8 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "postgres.h"
+
 #include "redis_client.h"
 
 #include <hiredis/hiredis.h>

@@ -8,8 +8,6 @@
 #ifndef EC_REDIS_CLIENT_H
 #define EC_REDIS_CLIENT_H
 
-#include "postgres.h"
-
 #include "lib/stringinfo.h"
 
 extern bool ec_redis_connect(const char *url, const char *password_override,

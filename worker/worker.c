@@ -12,6 +12,8 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "postgres.h"
+
 #include "entity_cache.h"
 
 #include "miscadmin.h"
