@@ -435,18 +435,28 @@ entity_cache_sync(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(done);
 }
 
+/*
+ * Columns of _status() in version 1.1.  Version 1.0's function has the first
+ * eight: heap_form_tuple reads only as many as the caller's row type has,
+ * so the library serves both until ALTER EXTENSION UPDATE.
+ */
+#define EC_STATUS_COLUMNS 18
+#define EC_STATUS_DATABASE 8
+
 /* _status(): the row behind the entity_cache.status view. */
 Datum
 entity_cache_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[8];
-	bool		nulls[8];
+	Datum		values[EC_STATUS_COLUMNS];
+	bool		nulls[EC_STATUS_COLUMNS];
 	bool		isnull;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	memset(nulls, true, sizeof(nulls));
+	values[EC_STATUS_DATABASE] = CStringGetTextDatum(ec_database);
+	nulls[EC_STATUS_DATABASE] = false;
 
 	if (ec_shared)
 	{

@@ -157,7 +157,17 @@ CREATE FUNCTION entity_cache._status(
     OUT applied_total bigint,
     OUT errors_total bigint,
     OUT last_error text,
-    OUT last_error_at timestamptz)
+    OUT last_error_at timestamptz,
+    OUT database text,
+    OUT worker_note text,
+    OUT redis_node text,
+    OUT redis_tls boolean,
+    OUT notify_skipped bigint,
+    OUT refresh_failed bigint,
+    OUT redelete_pending bigint,
+    OUT cluster_nodes integer,
+    OUT cluster_slots_loaded_at timestamptz,
+    OUT cluster_redirections bigint)
 RETURNS record
 AS 'MODULE_PATHNAME', 'entity_cache_status'
 LANGUAGE C

@@ -189,7 +189,9 @@ sub ec_status
 {
 	my ($node) = @_;
 	my @cols = qw(worker_pid redis_connected queue_depth oldest_pending_age
-	  applied_total errors_total last_error last_error_at);
+	  applied_total errors_total last_error last_error_at database worker_note
+	  redis_node redis_tls notify_skipped refresh_failed redelete_pending
+	  cluster_nodes cluster_slots_loaded_at cluster_redirections);
 	my $out = $node->safe_psql('postgres',
 		'SELECT ' . join(', ', map { "coalesce(" . $_ . "::text, '')" } @cols)
 		  . ' FROM entity_cache.status',
