@@ -14,13 +14,9 @@ my $redis = start_redis();
 my $node = new_node('main', $redis);
 
 # the worker shows itself
-ok(wait_until(sub {
-	$node->safe_psql('postgres',
-		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'entity_cache worker'") eq '1'
-}), 'worker runs with backend_type "entity_cache worker"');
-ok(wait_until(sub {
-	$node->safe_psql('postgres', 'SELECT redis_connected FROM entity_cache.status') eq 't'
-}), 'status says the worker is connected');
+ok(wait_until(sub { worker_count($node) eq '1' }),
+	'worker runs with backend_type "entity_cache worker"');
+ok(wait_for_worker($node), 'status says the worker is connected');
 
 $node->safe_psql('postgres', q{
 	CREATE TABLE app.child (id int PRIMARY KEY,

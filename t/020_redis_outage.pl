@@ -56,7 +56,7 @@ END
 	return split /\|/, $res;
 }
 
-ok(wait_until(sub { ec_status($node)->{redis_connected} eq 't' }), 'worker connected');
+ok(wait_for_worker($node), 'worker connected');
 my $pid = ec_status($node)->{worker_pid};
 ok($pid, "worker pid $pid");
 

@@ -19,24 +19,16 @@ my $redis = start_redis(persist => 1);
 my $node = new_node('crash', $redis,
 	conf => "entity_cache.batch_size = 100\nrestart_after_crash = on\n");
 
-# a query that may fail while the server restarts: its output, or undef
-sub try_query
-{
-	my ($sql) = @_;
-	my ($ret, $out, $err) = $node->psql('postgres', $sql);
-	return $ret == 0 ? $out : undef;
-}
+my $glob = 'entity:metadata:k*';
 
-sub remaining { redis_count($redis, 'entity:metadata:k*') }
-
-ok(wait_until(sub { ec_status($node)->{redis_connected} eq 't' }), 'worker connected');
+ok(wait_for_worker($node), 'worker connected');
 
 #
 # 1. kill -9 of the worker while it drains a 50,000-key backlog
 #
 redis_fill($redis, 'entity:metadata:k', 1, $nkeys, 'stale');
 redis_cli($redis, 'SET', 'unrelated:key', 'keep');
-is(remaining(), $nkeys, "$nkeys stale keys cached");
+is(redis_count($redis, $glob), $nkeys, "$nkeys stale keys cached");
 stop_redis($redis);
 
 $node->safe_psql('postgres',
@@ -63,14 +55,13 @@ $node->wait_for_log(qr/all server processes terminated; reinitializing/, $log_of
 pass('the postmaster restarts the cluster after the worker crash');
 my $newpid;
 ok(wait_until(sub {
-	$newpid = try_query(
-		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'entity_cache worker'");
-	defined $newpid && $newpid ne '' && $newpid ne $pid
+	$newpid = worker_pid($node);
+	$newpid ne '' && $newpid ne $pid
 }, 60), 'after crash recovery a new worker runs');
 note "new worker pid $newpid";
 
 ok(wait_for_sync($node, 60), 'after the crash: sync');
-is(remaining(), '0', "after the crash: every one of the $nkeys keys is gone");
+is(redis_count($redis, $glob), '0', "after the crash: every one of the $nkeys keys is gone");
 my $st = ec_status($node);
 is($st->{queue_depth}, '0', 'after the crash: queue empty');
 is($st->{redis_connected}, 't', 'after the crash: connected');
@@ -98,7 +89,7 @@ is($node->safe_psql('postgres', 'SELECT pg_postmaster_start_time()'), $postmaste
 # 3. a backlog, then an immediate shutdown (no checkpoint), then a start
 #
 redis_fill($redis, 'entity:metadata:k', 1, $nkeys, 'stale');
-is(remaining(), $nkeys, "$nkeys stale keys cached again");
+is(redis_count($redis, $glob), $nkeys, "$nkeys stale keys cached again");
 stop_redis($redis);
 
 $node->safe_psql('postgres', q{UPDATE app.entity SET label = 'u', modified_ts = now()});
@@ -119,7 +110,7 @@ is($node->safe_psql('postgres', "SELECT entity_cache.sync('200 ms')"), 'f',
 restart_redis($redis);
 is(redis_cli($redis, 'GET', 'unrelated:key'), 'keep', 'Redis restarted with its data from disk');
 ok(wait_for_sync($node, 60), 'after the restart: sync');
-is(remaining(), '0', "after the restart: every one of the $nkeys keys is gone");
+is(redis_count($redis, $glob), '0', "after the restart: every one of the $nkeys keys is gone");
 $st = ec_status($node);
 is($st->{queue_depth}, '0', 'after the restart: queue empty');
 is($st->{redis_connected}, 't', 'after the restart: connected');

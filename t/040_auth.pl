@@ -47,7 +47,7 @@ sub app_writes
 	return $ret == 0 && $err eq '';
 }
 
-sub remaining { redis_count($redis, 'entity:metadata:a*') }
+my $glob = 'entity:metadata:a*';
 
 #
 # 1. a wrong password
@@ -72,7 +72,7 @@ my $depth = ec_status($node)->{queue_depth};
 is($depth, '100', 'wrong password: the 100 inserts are queued');
 ok(app_writes(1, 100), 'wrong password: 100 writes succeed');
 is(ec_status($node)->{queue_depth}, $depth + 100, 'wrong password: the writes are queued');
-is(remaining(), '100', 'wrong password: nothing reached Redis');
+is(redis_count($redis, $glob), '100', 'wrong password: nothing reached Redis');
 is($node->safe_psql('postgres', "SELECT entity_cache.sync('300 ms')"), 'f',
 	'wrong password: sync times out');
 ok(!$node->log_contains(qr/\Q$wrong\E/), 'wrong password: the password is not in the server log');
@@ -109,7 +109,7 @@ ok(wait_until(sub { ec_status($node)->{redis_connected} eq 't' }, 10),
 my $took = time() - $t0;
 cmp_ok($took, '<', 3, sprintf('password fixed: reconnected %.1f s after the reload', $took));
 ok(wait_for_sync($node, 15), 'password fixed: sync');
-is(remaining(), '0', 'password fixed: the queued keys are gone');
+is(redis_count($redis, $glob), '0', 'password fixed: the queued keys are gone');
 $st = ec_status($node);
 is($st->{queue_depth}, '0', 'password fixed: queue empty');
 is($st->{worker_pid}, $pid, 'password fixed: same worker process, no restart');
@@ -126,7 +126,7 @@ is(ec_status($node)->{redis_connected}, 't', 'ACL user: status connected');
 redis_fill($redis, 'entity:metadata:a', 1, 100, 'stale');
 ok(app_writes(1, 30), 'ACL user: writes succeed');
 ok(wait_for_sync($node, 15), 'ACL user: sync');
-is(remaining(), '70', 'ACL user: the 30 written keys are gone, the others kept');
+is(redis_count($redis, $glob), '70', 'ACL user: the 30 written keys are gone, the others kept');
 ($ret, $out, $err) = as_app_user('SHOW entity_cache.redis_url');
 isnt($ret, 0, 'ACL user: an ordinary user cannot SHOW the URL');
 unlike($out, qr/ecpass/, 'ACL user: nor see the password in it');
@@ -139,7 +139,7 @@ ok(wait_until(sub { ec_status($node)->{last_error} =~ /WRONGPASS|invalid passwor
 ok(app_writes(31, 40), 'ACL user, wrong password: writes succeed');
 reload_with(qq{ALTER SYSTEM SET entity_cache.redis_url = 'redis://ecworker:ecpass2\@127.0.0.1:$port/0'});
 ok(wait_for_sync($node, 15), 'ACL user, new password in the URL: sync');
-is(remaining(), '60', 'ACL user, new password: the queued keys are gone');
+is(redis_count($redis, $glob), '60', 'ACL user, new password: the queued keys are gone');
 
 #
 # 5. requirepass changed under a connected worker (CONFIG SET), then a
@@ -165,12 +165,12 @@ ok(wait_until(sub {
 	$st->{errors_total} > $e_before && $st->{last_error} =~ /WRONGPASS|invalid password/
 }, 10), "requirepass changed: AUTH errors ($st->{last_error})");
 is($st->{redis_connected}, 'f', 'requirepass changed: not connected');
-is(remaining(), '60', 'requirepass changed: nothing applied');
+is(redis_count($redis, $glob), '60', 'requirepass changed: nothing applied');
 is($st->{queue_depth}, '20', 'requirepass changed: the writes are queued');
 
 reload_with(q{ALTER SYSTEM SET entity_cache.redis_password = 'n3wpass'});
 ok(wait_for_sync($node, 15), 'new password after a reload: sync');
-is(remaining(), '40', 'new password: the queued keys are gone');
+is(redis_count($redis, $glob), '40', 'new password: the queued keys are gone');
 $st = ec_status($node);
 is($st->{redis_connected}, 't', 'new password: connected');
 is($st->{queue_depth}, '0', 'new password: queue empty');

@@ -14,7 +14,7 @@ use EntityCacheTest;
 my $redis = start_redis(persist => 1);
 my $primary = new_node('primary', $redis, init => { allows_streaming => 1 });
 
-sub remaining { redis_count($redis, 'entity:metadata:f*') }
+my $glob = 'entity:metadata:f*';
 
 # Redis connections other than the redis-cli asking
 sub redis_clients
@@ -24,7 +24,7 @@ sub redis_clients
 	return scalar @lines;
 }
 
-ok(wait_until(sub { ec_status($primary)->{redis_connected} eq 't' }), 'primary: worker connected');
+ok(wait_for_worker($primary), 'primary: worker connected');
 $primary->safe_psql('postgres',
 	q{INSERT INTO app.entity (code) SELECT 'f' || g FROM generate_series(1, 500) g});
 ok(wait_for_sync($primary), 'primary: initial rows applied');
@@ -34,7 +34,7 @@ my $standby = new_standby($primary, $redis, 'standby');
 is(worker_count($primary), '1', 'primary: one entity_cache worker');
 # a wrongly registered worker (e.g. BgWorkerStart_ConsistentState) would
 # show up within this time, or come and go while it fails and restarts
-ok(!wait_until(sub { worker_count($standby) ne '0' }, 3),
+ok(never_within(sub { worker_count($standby) ne '0' }, 3),
 	'standby: no entity_cache worker in pg_stat_activity');
 ok(!$standby->log_contains(qr/entity_cache worker started/), 'standby: the worker never started');
 my $st = ec_status($standby);
@@ -60,13 +60,13 @@ ok(!$standby->log_contains(qr/entity_cache worker started/), 'standby: the worke
 $primary->stop;
 restart_redis($redis);
 is(redis_cli($redis, 'GET', 'unrelated:key'), 'keep', 'Redis restarted with its data from disk');
-is(remaining(), '500', 'the stale keys are back');
+is(redis_count($redis, $glob), '500', 'the stale keys are back');
 
 $standby->promote;
 is($standby->safe_psql('postgres', 'SELECT pg_is_in_recovery()'), 'f', 'standby promoted');
 ok(wait_until(sub { worker_count($standby) eq '1' }, 30), 'promoted: the worker starts');
 ok(wait_for_sync($standby, 30), 'promoted: sync');
-is(remaining(), '190', 'promoted: the 310 keys the old primary queued are gone, the others kept');
+is(redis_count($redis, $glob), '190', 'promoted: the 310 keys the old primary queued are gone, the others kept');
 is(redis_exist_count($redis, 'entity:metadata:f', 310),
 	'0', 'promoted: none of the queued keys is left');
 $st = ec_status($standby);
@@ -77,7 +77,7 @@ is($st->{redis_connected}, 't', 'promoted: connected');
 $standby->safe_psql('postgres', q{UPDATE app.entity SET label = 'new' WHERE code = 'f400'});
 ok(wait_for_sync($standby), 'promoted: sync of a new write');
 is(redis_cli($redis, 'EXISTS', 'entity:metadata:f400'), '0', 'promoted: a new write is applied');
-is(remaining(), '189', 'promoted: nothing else touched');
+is(redis_count($redis, $glob), '189', 'promoted: nothing else touched');
 
 $standby->stop;
 done_testing();

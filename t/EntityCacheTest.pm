@@ -15,7 +15,13 @@ use Test::More;
 
 our @EXPORT = qw(start_redis restart_redis redis_cli stop_redis new_node
   create_entity_schema wait_for_sync wait_until redis_fill redis_count
-  ec_status worker_pid redis_exist_count worker_count new_standby);
+  ec_status worker_pid redis_exist_count worker_count new_standby
+  wait_for_worker never_within);
+
+# What the last status, query or redis-cli call of a wait saw: wait_until
+# prints it when it gives up, as poll_query_until prints the last output.
+our $last_seen;
+sub _saw { $last_seen = $_[0]; return $_[1] }
 
 my @redis_servers;
 
@@ -91,7 +97,7 @@ sub redis_cli
 	IPC::Run::run([ 'redis-cli', '-h', '127.0.0.1', '-p', $r->{port}, @auth, @args ],
 		'>', \$out, '2>', \$err);
 	chomp $out;
-	return $out;
+	return _saw("redis-cli @args[0 .. ($#args < 2 ? $#args : 2)]: $out$err", $out);
 }
 
 # redis_fill($r, $prefix, $from, $to, $value): SET prefix.i = value, i in from..to
@@ -170,18 +176,54 @@ entity_cache.redis_timeout = 1000
 	return $node;
 }
 
-# poll until $code returns true, or $timeout seconds pass
+# poll until $code returns true, or $timeout seconds pass; on timeout, say
+# what the last status, query or redis-cli call made by $code returned
 sub wait_until
 {
 	my ($code, $timeout) = @_;
 	$timeout //= 30;
 	my $deadline = time() + $timeout;
+	local $last_seen;
 	while (time() < $deadline)
 	{
 		return 1 if $code->();
 		usleep(50_000);
 	}
+	my (undef, $file, $line) = caller;
+	Test::More::diag("wait_until at $file line $line gave up after ${timeout} s; last seen: "
+		  . ($last_seen // 'nothing recorded'));
 	return 0;
+}
+
+# true if $code stays false for $secs seconds (something must NOT happen);
+# if it does happen, say what was seen
+sub never_within
+{
+	my ($code, $secs) = @_;
+	my $deadline = time() + $secs;
+	local $last_seen;
+	while (time() < $deadline)
+	{
+		if ($code->())
+		{
+			my (undef, $file, $line) = caller;
+			Test::More::diag("never_within at $file line $line: it happened; last seen: "
+				  . ($last_seen // 'nothing recorded'));
+			return 0;
+		}
+		usleep(50_000);
+	}
+	return 1;
+}
+
+# wait until a worker runs and status says it is connected to Redis
+sub wait_for_worker
+{
+	my ($node, $timeout) = @_;
+	return wait_until(sub {
+		my $st = ec_status($node);
+		$st->{worker_pid} ne '' && $st->{redis_connected} eq 't';
+	}, $timeout);
 }
 
 # entity_cache.status as a hash; booleans as 't'/'f', NULLs as ''
@@ -199,22 +241,31 @@ sub ec_status
 	my @vals = split /\x1f/, $out, -1;
 	my %h;
 	@h{@cols} = map { $_ eq 'true' ? 't' : $_ eq 'false' ? 'f' : $_ } @vals;
-	return \%h;
+	return _saw('status: ' . join(', ', map { "$_=$h{$_}" } grep { $h{$_} ne '' } @cols), \%h);
 }
 
-# PID of the worker as pg_stat_activity shows it, '' if none
+sub _saw_query
+{
+	my ($node, $sql) = @_;
+	my $out = $node->safe_psql('postgres', $sql);
+	return _saw("$sql: $out", $out);
+}
+
+# PID of the worker as pg_stat_activity shows it; '' if none, or if the
+# server does not answer (it may be restarting after a crash)
 sub worker_pid
 {
 	my ($node) = @_;
-	return $node->safe_psql('postgres',
+	my ($ret, $out, $err) = $node->psql('postgres',
 		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'entity_cache worker'");
+	return _saw("worker pid: $out$err", $ret == 0 ? $out : '');
 }
 
 # how many entity_cache workers the node runs (0 on a standby)
 sub worker_count
 {
 	my ($node) = @_;
-	return $node->safe_psql('postgres',
+	return _saw_query($node,
 		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'entity_cache worker'");
 }
 
