@@ -15,9 +15,12 @@ OBJS = \
 	worker/redis_url.o
 
 EXTENSION = entity_cache
+# The install script of each version after 1.0 is built from 1.0's and the
+# upgrade scripts, so a fresh install and an updated one run the same SQL
+# and every object is defined in one place.
 DATA = extension/entity_cache--1.0.sql \
-	extension/entity_cache--1.1.sql \
 	extension/entity_cache--1.0--1.1.sql
+DATA_built = extension/entity_cache--1.1.sql
 PGFILEDESC = "entity_cache - keep Redis cache keys in step with table changes"
 
 PG_CPPFLAGS = -I$(srcdir)/extension -I$(srcdir)/worker
@@ -37,3 +40,8 @@ include $(PGXS)
 # PGXS tracks no header dependencies: rebuild everything when one changes,
 # or objects disagree on the layout of shared structs.
 $(OBJS): $(wildcard $(srcdir)/extension/*.h $(srcdir)/worker/*.h)
+
+extension/entity_cache--1.1.sql: extension/entity_cache--1.0.sql extension/entity_cache--1.0--1.1.sql
+	( echo '/* entity_cache--1.1.sql: built by make from the scripts below; edit those */'; \
+	  printf '%s\n' '\echo Use "CREATE EXTENSION entity_cache" to load this file. \quit'; \
+	  sed '/^\\echo /d' $^ ) > $@
