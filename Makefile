@@ -9,6 +9,7 @@ OBJS = \
 	extension/template.o \
 	extension/capture.o \
 	extension/api.o \
+	extension/utility.o \
 	worker/worker.o \
 	worker/drain.o \
 	worker/redis_client.o \

@@ -1,0 +1,156 @@
+/*-------------------------------------------------------------------------
+ *
+ * utility.c
+ *	  A ProcessUtility hook for the extension's own DDL:
+ *
+ *	  - DROP EXTENSION entity_cache takes the locks it will need on the
+ *		watched tables and the queue before anything else, all or none, so
+ *		that it waits for writers instead of deadlocking with them.
+ *	  - CREATE EXTENSION entity_cache in a database no worker serves warns.
+ *
+ * Why the DROP needs help: a writer of a watched table holds the table and
+ * then wants the queue (its trigger inserts there); a plain DROP takes the
+ * queue (dropping it) and then wants the table (dropping its triggers).
+ * Taking every lock up front in one fixed order is not enough, because a
+ * writer may touch two watched tables in any order: so the DROP takes the
+ * locks without waiting, and when one is busy it lets go of all the others
+ * before it waits for that one.  A session that waits while holding none
+ * of the others cannot be part of a deadlock.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "entity_cache.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "storage/lmgr.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+
+static ProcessUtility_hook_type prev_utility_hook = NULL;
+
+/*
+ * The relations DROP EXTENSION entity_cache drops from or drops: every
+ * table with a capture trigger, in OID order, then the queue.
+ */
+static List *
+drop_targets(void)
+{
+	List	   *relids = NIL;
+	Oid			queue = ec_queue_relid(true);
+
+	if (!OidIsValid(queue))
+		return NIL;
+	SPI_connect();
+	SPI_execute("SELECT DISTINCT t.tgrelid FROM pg_catalog.pg_trigger t "
+				"WHERE t.tgfoid = pg_catalog.to_regprocedure('entity_cache.capture()') "
+				"ORDER BY 1", true, 0);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+
+		relids = lappend_oid(relids, DatumGetObjectId(d));
+	}
+	SPI_finish();
+	return lappend_oid(relids, queue);
+}
+
+/*
+ * Lock every relation of relids with AccessExclusiveLock, all or none: on a
+ * busy one, release what we hold and wait for that one alone, keep it, and
+ * try the rest again.  Returns once all are held.
+ */
+static void
+lock_all_or_wait(List *relids)
+{
+	Oid			waited = InvalidOid;
+
+	for (;;)
+	{
+		List	   *held = NIL;
+		Oid			busy = InvalidOid;
+		ListCell   *lc;
+
+		foreach(lc, relids)
+		{
+			Oid			relid = lfirst_oid(lc);
+
+			if (relid == waited || ConditionalLockRelationOid(relid, AccessExclusiveLock))
+			{
+				held = lappend_oid(held, relid);
+				continue;
+			}
+			busy = relid;
+			break;
+		}
+		if (!OidIsValid(busy))
+			return;
+		foreach(lc, held)
+			UnlockRelationOid(lfirst_oid(lc), AccessExclusiveLock);
+		list_free(held);
+
+		/* a relation dropped meanwhile locks at once: nothing left to wait for */
+		LockRelationOid(busy, AccessExclusiveLock);
+		waited = busy;
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+static bool
+names_us(Node *parsetree, bool *is_drop)
+{
+	ListCell   *lc;
+
+	if (IsA(parsetree, CreateExtensionStmt))
+	{
+		*is_drop = false;
+		return strcmp(((CreateExtensionStmt *) parsetree)->extname, "entity_cache") == 0;
+	}
+	if (!IsA(parsetree, DropStmt) || ((DropStmt *) parsetree)->removeType != OBJECT_EXTENSION)
+		return false;
+	*is_drop = true;
+	foreach(lc, ((DropStmt *) parsetree)->objects)
+		if (strcmp(strVal(lfirst(lc)), "entity_cache") == 0)
+			return true;
+	return false;
+}
+
+static void
+ec_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+		   ProcessUtilityContext context, ParamListInfo params,
+		   QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	bool		is_drop = false;
+	bool		ours = names_us(pstmt->utilityStmt, &is_drop);
+	const char *why;
+
+	if (ours && is_drop)
+		lock_all_or_wait(drop_targets());
+
+	if (prev_utility_hook)
+		prev_utility_hook(pstmt, queryString, readOnlyTree, context, params,
+						  queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+								queryEnv, dest, qc);
+
+	if (ours && !is_drop && !ec_database_served(&why))
+		ereport(WARNING,
+				(errmsg("entity_cache: %s", why),
+				 errdetail("Changes in this database are queued, but nothing applies them to Redis."),
+				 errhint("Set entity_cache.database to this database's name (it needs a restart), "
+						 "or create the extension in database \"%s\".", ec_database)));
+}
+
+void
+ec_utility_init(void)
+{
+	prev_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = ec_utility;
+}
