@@ -43,6 +43,7 @@ drop_targets(void)
 {
 	List	   *relids = NIL;
 	Oid			queue = ec_queue_relid(true);
+	MemoryContext cxt = CurrentMemoryContext;
 
 	if (!OidIsValid(queue))
 		return NIL;
@@ -54,8 +55,11 @@ drop_targets(void)
 	{
 		bool		isnull;
 		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		MemoryContext spicxt = MemoryContextSwitchTo(cxt);
 
+		/* the list outlives SPI_finish() */
 		relids = lappend_oid(relids, DatumGetObjectId(d));
+		MemoryContextSwitchTo(spicxt);
 	}
 	SPI_finish();
 	return lappend_oid(relids, queue);
@@ -73,7 +77,8 @@ lock_all_or_wait(List *relids)
 
 	for (;;)
 	{
-		List	   *held = NIL;
+		/* the one waited for is held already, and let go of with the rest */
+		List	   *held = OidIsValid(waited) ? list_make1_oid(waited) : NIL;
 		Oid			busy = InvalidOid;
 		ListCell   *lc;
 
@@ -81,7 +86,9 @@ lock_all_or_wait(List *relids)
 		{
 			Oid			relid = lfirst_oid(lc);
 
-			if (relid == waited || ConditionalLockRelationOid(relid, AccessExclusiveLock))
+			if (relid == waited)
+				continue;
+			if (ConditionalLockRelationOid(relid, AccessExclusiveLock))
 			{
 				held = lappend_oid(held, relid);
 				continue;
