@@ -16,10 +16,12 @@
 
 #include "entity_cache.h"
 
+#include "access/heapam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
-#include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -30,7 +32,7 @@
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
-#include "utils/syscache.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "drain.h"
@@ -176,6 +178,39 @@ fail_and_back_off(const char *msg, long backoff)
 }
 
 /*
+ * Does entity_cache.database exist and accept connections?  Read with a
+ * plain scan of pg_database, as the autovacuum launcher does: a process
+ * connected to no database cannot load the indexes a syscache lookup uses.
+ */
+static bool
+database_ready(void)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	bool		ready = false;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (strcmp(NameStr(db->datname), ec_database) == 0)
+		{
+			ready = db->datallowconn;
+			break;
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return ready;
+}
+
+/*
  * entity_cache.database does not exist (or refuses connections): wait for
  * it quietly instead of failing once a second.  A process connects to one
  * database at most once, so this one connects to none (it can still read
@@ -200,23 +235,8 @@ wait_for_database(void)
 						ec_database),
 				 errhint("Create the database, or set entity_cache.database and restart the server.")));
 
-	for (;;)
+	while (!database_ready())
 	{
-		HeapTuple	tup;
-		bool		ready = false;
-		Oid			dboid;
-
-		StartTransactionCommand();
-		dboid = get_database_oid(ec_database, true);
-		tup = OidIsValid(dboid) ? SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dboid)) : NULL;
-		if (HeapTupleIsValid(tup))
-		{
-			ready = ((Form_pg_database) GETSTRUCT(tup))->datallowconn;
-			ReleaseSysCache(tup);
-		}
-		CommitTransactionCommand();
-		if (ready)
-			break;
 		wait_ms(DATABASE_POLL_MS);
 		if (ConfigReloadPending)
 		{
