@@ -147,6 +147,33 @@ spi_row_value(void *arg, AttrNumber attnum)
 }
 
 /*
+ * Queue the key of every row SPI_tuptable holds; returns how many were
+ * queued.  Rendered under the same settings as the capture trigger's
+ * (keys.c), so that invalidate() names the keys the trigger would.
+ */
+static int
+queue_spi_rows(EcQueueWriter *w, EcBoundTemplate *bt, Oid relid, StringInfo key)
+{
+	int			nest = bt->canonical ? ec_canonical_begin() : 0;
+	int			n = 0;
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		SpiRow		r = {SPI_tuptable->vals[i], SPI_tuptable->tupdesc};
+		Datum		vals;
+
+		if (ec_render_key(bt, spi_row_value, &r, key, &vals))
+		{
+			ec_queue_add(w, EC_OP_KEY, key->data, relid, bt->text, vals, false);
+			n++;
+		}
+	}
+	if (bt->canonical)
+		ec_canonical_end(nest);
+	return n;
+}
+
+/*
  * invalidate(code text) returns integer: queue every key of the app.entity
  * row with that code.  With no such row (already deleted, say) the
  * templates that need nothing but the code are still rendered from it.
@@ -209,8 +236,6 @@ entity_cache_invalidate(PG_FUNCTION_ARGS)
 		EcBoundTemplate bt;
 		Datum		vals;
 
-		int			nest = 0;
-
 		ec_bind_template(&bt, lfirst(lc), RelationGetDescr(rel));
 		if (!bt.complete)
 			continue;
@@ -225,21 +250,7 @@ entity_cache_invalidate(PG_FUNCTION_ARGS)
 			}
 			continue;
 		}
-		/* the same text as the capture trigger renders (keys.c) */
-		if (bt.canonical)
-			nest = ec_canonical_begin();
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			SpiRow		r = {SPI_tuptable->vals[i], SPI_tuptable->tupdesc};
-
-			if (ec_render_key(&bt, spi_row_value, &r, &key, &vals))
-			{
-				ec_queue_add(w, EC_OP_KEY, key.data, relid, bt.text, vals, false);
-				nkeys++;
-			}
-		}
-		if (bt.canonical)
-			ec_canonical_end(nest);
+		nkeys += queue_spi_rows(w, &bt, relid, &key);
 	}
 	SPI_finish();
 
