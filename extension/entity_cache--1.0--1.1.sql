@@ -45,8 +45,8 @@ GRANT SELECT ON entity_cache.status TO pg_monitor;
 -- so every partition (every level, present and future) carries capture
 -- triggers named entity_cache_part_* with its watched ancestors'
 -- arguments, copied verbatim.  An event trigger keeps them in step after
--- CREATE TABLE ... PARTITION OF, ATTACH and DETACH PARTITION, and after
--- watch() and unwatch() (which end with ALTER TABLE and DROP TRIGGER).
+-- CREATE TABLE ... PARTITION OF, ATTACH and DETACH PARTITION; watch() and
+-- unwatch() call _sync_partitions() themselves.
 -- Statement triggers rather than row triggers on the parent (which
 -- PostgreSQL clones to partitions): only statement triggers may have
 -- transition tables on partitions, and they make a COPY one call.  A key
@@ -94,10 +94,15 @@ END
 $$;
 
 -- Give every partition of a watched table the triggers it should have,
--- and take them from tables that are no longer partitions of one.
+-- and take them from tables that are no longer partitions of one.  It
+-- only brings the partitions in step with what the watched tables'
+-- triggers say, which only those who may call capture() can set: so it
+-- runs as the owner, and anyone may call it (watch() and unwatch() do,
+-- with their caller's rights).
 CREATE FUNCTION entity_cache._sync_partitions()
 RETURNS void
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -130,8 +135,7 @@ BEGIN
         WHERE w.args IS DISTINCT FROM h.args
         ORDER BY 1
     LOOP
-        -- the ALTER TABLE in _partition_triggers() runs this function
-        -- again, which may have done the rest of the work already
+        -- recheck: this may run nested in a DDL of the loop's own
         SELECT entity_cache._trigger_args(t.tgargs, t.tgnargs) INTO cur
         FROM pg_trigger t
         WHERE t.tgrelid = todo.relid AND t.tgname = 'entity_cache_part_insert';
@@ -143,24 +147,95 @@ $$;
 
 -- SECURITY DEFINER: the owner of a table may create a partition of it
 -- without the right to create triggers that call entity_cache.capture().
+-- In C: it acts only on PARTITION OF, ATTACH and DETACH, not on the
+-- ALTER TABLE ... ENABLE TRIGGER that pg_restore runs after each trigger.
 CREATE FUNCTION entity_cache._on_ddl()
 RETURNS event_trigger
-LANGUAGE plpgsql
+AS 'MODULE_PATHNAME', 'entity_cache_on_ddl'
+LANGUAGE C
 SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+REVOKE ALL ON FUNCTION entity_cache._partition_triggers(regclass, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entity_cache._on_ddl() FROM PUBLIC;
+
+CREATE EVENT TRIGGER entity_cache_partitions ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+    EXECUTE FUNCTION entity_cache._on_ddl();
+
+-- watch() and unwatch() bring the partitions in step (issue 9)
+CREATE OR REPLACE FUNCTION entity_cache.watch(tbl regclass,
+                                   key_template text DEFAULT 'entity:metadata:{code}')
+RETURNS void
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    templates text[];
+    args text;
 BEGIN
+    IF tbl IS NULL OR key_template IS NULL THEN
+        RAISE EXCEPTION 'entity_cache.watch() needs a table and a key template'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM entity_cache._check_template(tbl, key_template);
+
+    SELECT array_agg(w.key_template) INTO templates
+    FROM entity_cache.watched w WHERE w.relid = tbl;
+    IF key_template = ANY (templates) THEN
+        RETURN;
+    END IF;
+    templates := coalesce(templates, '{}') || key_template;
+    SELECT string_agg(quote_literal(t), ', ') INTO args FROM unnest(templates) t;
+
+    PERFORM entity_cache.unwatch(tbl);
+    -- One trigger per event: PostgreSQL allows transition tables only on
+    -- single-event triggers.  ENABLE ALWAYS: replica-role sessions
+    -- (pg_restore, logical apply, bulk loads) change rows too.
+    EXECUTE format('CREATE TRIGGER entity_cache_insert AFTER INSERT ON %s '
+                   'REFERENCING NEW TABLE AS entity_cache_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, args);
+    EXECUTE format('CREATE TRIGGER entity_cache_update AFTER UPDATE ON %s '
+                   'REFERENCING OLD TABLE AS entity_cache_old NEW TABLE AS entity_cache_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, args);
+    EXECUTE format('CREATE TRIGGER entity_cache_delete AFTER DELETE ON %s '
+                   'REFERENCING OLD TABLE AS entity_cache_old '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, args);
+    EXECUTE format('CREATE TRIGGER entity_cache_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, args);
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER entity_cache_insert, '
+                   'ENABLE ALWAYS TRIGGER entity_cache_update, '
+                   'ENABLE ALWAYS TRIGGER entity_cache_delete, '
+                   'ENABLE ALWAYS TRIGGER entity_cache_truncate', tbl);
+    -- partitions (issue 9): see _sync_partitions()
     PERFORM entity_cache._sync_partitions();
 END
 $$;
 
-REVOKE ALL ON FUNCTION entity_cache._partition_triggers(regclass, text[]) FROM PUBLIC;
-REVOKE ALL ON FUNCTION entity_cache._sync_partitions() FROM PUBLIC;
-REVOKE ALL ON FUNCTION entity_cache._on_ddl() FROM PUBLIC;
-
-CREATE EVENT TRIGGER entity_cache_partitions ON ddl_command_end
-    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'DROP TRIGGER')
-    EXECUTE FUNCTION entity_cache._on_ddl();
+CREATE OR REPLACE FUNCTION entity_cache.unwatch(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    trg name;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'entity_cache.unwatch() needs a table'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    FOR trg IN
+        SELECT tgname FROM pg_trigger
+        WHERE tgrelid = tbl
+          AND tgname IN ('entity_cache_insert', 'entity_cache_update',
+                         'entity_cache_delete', 'entity_cache_truncate')
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', trg, tbl);
+    END LOOP;
+    -- partitions (issue 9): see _sync_partitions()
+    PERFORM entity_cache._sync_partitions();
+END
+$$;
 
 -- partitions watched before the update get their triggers now
 SELECT entity_cache._sync_partitions();

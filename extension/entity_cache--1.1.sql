@@ -103,6 +103,8 @@ BEGIN
                    'ENABLE ALWAYS TRIGGER entity_cache_update, '
                    'ENABLE ALWAYS TRIGGER entity_cache_delete, '
                    'ENABLE ALWAYS TRIGGER entity_cache_truncate', tbl);
+    -- partitions (issue 9): see _sync_partitions()
+    PERFORM entity_cache._sync_partitions();
 END
 $$;
 
@@ -126,6 +128,8 @@ BEGIN
     LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', trg, tbl);
     END LOOP;
+    -- partitions (issue 9): see _sync_partitions()
+    PERFORM entity_cache._sync_partitions();
 END
 $$;
 
@@ -199,8 +203,8 @@ GRANT EXECUTE ON FUNCTION entity_cache.sync(interval) TO PUBLIC;
 -- so every partition (every level, present and future) carries capture
 -- triggers named entity_cache_part_* with its watched ancestors'
 -- arguments, copied verbatim.  An event trigger keeps them in step after
--- CREATE TABLE ... PARTITION OF, ATTACH and DETACH PARTITION, and after
--- watch() and unwatch() (which end with ALTER TABLE and DROP TRIGGER).
+-- CREATE TABLE ... PARTITION OF, ATTACH and DETACH PARTITION; watch() and
+-- unwatch() call _sync_partitions() themselves.
 -- Statement triggers rather than row triggers on the parent (which
 -- PostgreSQL clones to partitions): only statement triggers may have
 -- transition tables on partitions, and they make a COPY one call.  A key
@@ -248,10 +252,15 @@ END
 $$;
 
 -- Give every partition of a watched table the triggers it should have,
--- and take them from tables that are no longer partitions of one.
+-- and take them from tables that are no longer partitions of one.  It
+-- only brings the partitions in step with what the watched tables'
+-- triggers say, which only those who may call capture() can set: so it
+-- runs as the owner, and anyone may call it (watch() and unwatch() do,
+-- with their caller's rights).
 CREATE FUNCTION entity_cache._sync_partitions()
 RETURNS void
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -284,8 +293,7 @@ BEGIN
         WHERE w.args IS DISTINCT FROM h.args
         ORDER BY 1
     LOOP
-        -- the ALTER TABLE in _partition_triggers() runs this function
-        -- again, which may have done the rest of the work already
+        -- recheck: this may run nested in a DDL of the loop's own
         SELECT entity_cache._trigger_args(t.tgargs, t.tgnargs) INTO cur
         FROM pg_trigger t
         WHERE t.tgrelid = todo.relid AND t.tgname = 'entity_cache_part_insert';
@@ -297,23 +305,20 @@ $$;
 
 -- SECURITY DEFINER: the owner of a table may create a partition of it
 -- without the right to create triggers that call entity_cache.capture().
+-- In C: it acts only on PARTITION OF, ATTACH and DETACH, not on the
+-- ALTER TABLE ... ENABLE TRIGGER that pg_restore runs after each trigger.
 CREATE FUNCTION entity_cache._on_ddl()
 RETURNS event_trigger
-LANGUAGE plpgsql
+AS 'MODULE_PATHNAME', 'entity_cache_on_ddl'
+LANGUAGE C
 SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM entity_cache._sync_partitions();
-END
-$$;
+SET search_path = pg_catalog, pg_temp;
 
 REVOKE ALL ON FUNCTION entity_cache._partition_triggers(regclass, text[]) FROM PUBLIC;
-REVOKE ALL ON FUNCTION entity_cache._sync_partitions() FROM PUBLIC;
 REVOKE ALL ON FUNCTION entity_cache._on_ddl() FROM PUBLIC;
 
 CREATE EVENT TRIGGER entity_cache_partitions ON ddl_command_end
-    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'DROP TRIGGER')
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
     EXECUTE FUNCTION entity_cache._on_ddl();
 
 DO $$

@@ -24,7 +24,9 @@
 #include "entity_cache.h"
 
 #include "catalog/pg_type.h"
+#include "commands/event_trigger.h"
 #include "executor/spi.h"
+#include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "storage/lmgr.h"
@@ -32,7 +34,60 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 
+PG_FUNCTION_INFO_V1(entity_cache_on_ddl);
+
 static ProcessUtility_hook_type prev_utility_hook = NULL;
+
+/*
+ * Does this statement make a table a partition or stop it being one?
+ * Only those need the partitions' capture triggers brought in step.  Not
+ * ALTER TABLE ... ENABLE TRIGGER: pg_restore runs one after every trigger
+ * it restores, and adding the partitions' triggers then would collide with
+ * the ones it restores next.
+ */
+static bool
+changes_partitions(Node *parsetree)
+{
+	ListCell   *lc;
+
+	if (IsA(parsetree, CreateStmt))
+		return ((CreateStmt *) parsetree)->partbound != NULL;
+	if (!IsA(parsetree, AlterTableStmt))
+		return false;
+	foreach(lc, ((AlterTableStmt *) parsetree)->cmds)
+	{
+		AlterTableCmd *cmd = lfirst(lc);
+
+		if (cmd->subtype == AT_AttachPartition || cmd->subtype == AT_DetachPartition ||
+			cmd->subtype == AT_DetachPartitionFinalize)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * The event trigger entity_cache_partitions (ddl_command_end, CREATE TABLE
+ * and ALTER TABLE): after PARTITION OF, ATTACH or DETACH, give every
+ * partition of a watched table its capture triggers and take them from a
+ * table that is no longer one (entity_cache._sync_partitions()).
+ */
+Datum
+entity_cache_on_ddl(PG_FUNCTION_ARGS)
+{
+	EventTriggerData *trigdata;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("entity_cache._on_ddl() can only be called as an event trigger")));
+	trigdata = (EventTriggerData *) fcinfo->context;
+	if (!changes_partitions(trigdata->parsetree))
+		PG_RETURN_VOID();
+	SPI_connect();
+	SPI_execute("SELECT entity_cache._sync_partitions()", false, 0);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
 
 /*
  * The relations DROP EXTENSION entity_cache drops from or drops: every

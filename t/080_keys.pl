@@ -114,6 +114,25 @@ is($node->safe_psql('other', q{SELECT entity_cache.sync('60 s')}), 'f', 'sync() 
 ok(time() - $t0 < 30, 'sync() there returns at once');
 ok(wait_for_sync($node), 'the served database still syncs');
 
+# pg_dump and restore of a database with a watched partitioned table: the
+# partitions' triggers come back from the dump, without a collision with
+# the event trigger, and writes to a partition are captured there
+my $dump = PostgreSQL::Test::Utils::tempdir() . '/dump.sql';
+$node->command_ok([ 'pg_dump', '-h', $node->host, '-p', $node->port, '-f', $dump, 'postgres' ],
+	'pg_dump');
+$node->safe_psql('postgres', 'CREATE DATABASE restored');
+($ret, $out, $err) = $node->psql('restored', undef,
+	extra_params => [ '-v', 'ON_ERROR_STOP=1', '-f', $dump ]);
+is($ret, 0, 'the dump restores without an error') or diag($err);
+is($node->safe_psql('restored', q{SELECT string_agg(tgrelid::regclass || ' ' || tgname, ', ' ORDER BY 1)
+	FROM (SELECT tgrelid::regclass::text AS r, * FROM pg_trigger
+	      WHERE tgname LIKE 'entity_cache_part_insert') t}),
+	'app.pt_eu entity_cache_part_insert, app.pt_us entity_cache_part_insert',
+	'the restored partitions carry their capture triggers');
+$node->safe_psql('restored', q{INSERT INTO app.pt_us VALUES (99, 'us', 'r')});
+is($node->safe_psql('restored', q{SELECT string_agg(key, ',') FROM entity_cache.queue}), 'pt:99',
+	'a write to a restored partition is queued');
+
 # DROP/CREATE EXTENSION cycles while writers change two watched tables in
 # both orders (and the worker refreshes them): no deadlock, no worker ERROR
 $node->safe_psql('postgres', q{
