@@ -11,6 +11,7 @@
 #include "entity_cache.h"
 
 #include "access/xact.h"
+#include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
@@ -18,7 +19,6 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
-#include "commands/dbcommands.h"
 #include "utils/guc.h"
 
 #include "redis_url.h"

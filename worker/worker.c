@@ -198,9 +198,10 @@ database_ready(void)
 	{
 		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
 
+		/* -2: a DROP DATABASE was interrupted; connecting would fail */
 		if (strcmp(NameStr(db->datname), ec_database) == 0)
 		{
-			ready = db->datallowconn;
+			ready = db->datallowconn && db->datconnlimit != -2;
 			break;
 		}
 	}
