@@ -1,12 +1,16 @@
 /*-------------------------------------------------------------------------
  *
  * utility.c
- *	  A ProcessUtility hook for the extension's own DDL:
+ *	  A ProcessUtility hook for the extension's own DDL, and the event
+ *	  trigger that keeps partitions watched:
  *
  *	  - DROP EXTENSION entity_cache takes the locks it will need on the
- *		watched tables and the queue before anything else, all or none, so
- *		that it waits for writers instead of deadlocking with them.
+ *		watched tables and on its own relations (the queue, the views)
+ *		before anything else, all or none, so that it waits for writers
+ *		instead of deadlocking with them.
  *	  - CREATE EXTENSION entity_cache in a database no worker serves warns.
+ *	  - After CREATE TABLE ... PARTITION OF, ATTACH or DETACH PARTITION, the
+ *		partitions of watched tables get (or lose) their capture triggers.
  *
  * Why the DROP needs help: a writer of a watched table holds the table and
  * then wants the queue (its trigger inserts there); a plain DROP takes the
@@ -91,7 +95,8 @@ entity_cache_on_ddl(PG_FUNCTION_ARGS)
 
 /*
  * The relations DROP EXTENSION entity_cache drops from or drops: every
- * table with a capture trigger, in OID order, then the queue.
+ * table with a capture trigger, and the extension's own relations (the
+ * queue, and the views a session may have read before it writes).
  */
 static List *
 drop_targets(void)
@@ -103,8 +108,14 @@ drop_targets(void)
 	if (!OidIsValid(queue))
 		return NIL;
 	SPI_connect();
-	SPI_execute("SELECT DISTINCT t.tgrelid FROM pg_catalog.pg_trigger t "
+	SPI_execute("SELECT t.tgrelid FROM pg_catalog.pg_trigger t "
 				"WHERE t.tgfoid = pg_catalog.to_regprocedure('entity_cache.capture()') "
+				"UNION "
+				"SELECT d.objid FROM pg_catalog.pg_depend d "
+				"JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid "
+				"WHERE e.extname = 'entity_cache' AND d.deptype = 'e' "
+				"AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass "
+				"AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass "
 				"ORDER BY 1", true, 0);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -117,7 +128,7 @@ drop_targets(void)
 		MemoryContextSwitchTo(spicxt);
 	}
 	SPI_finish();
-	return lappend_oid(relids, queue);
+	return relids;
 }
 
 /*
