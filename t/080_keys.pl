@@ -132,6 +132,31 @@ $node->safe_psql('restored', q{INSERT INTO app.pt_us VALUES (99, 'us', 'r')});
 is($node->safe_psql('restored', q{SELECT string_agg(key, ',') FROM entity_cache.queue}), 'pt:99',
 	'a write to a restored partition is queued');
 
+# a transaction that read the watched view, then writes a watched table
+# while a DROP EXTENSION is waiting for that view: the DROP waits, the
+# write goes through, nobody deadlocks
+{
+	my $reader = $node->background_psql('postgres', on_error_stop => 0);
+	$reader->query_safe('BEGIN');
+	$reader->query_safe('SELECT count(*) FROM entity_cache.watched');
+	my $dropper = $node->background_psql('postgres', on_error_stop => 0);
+	$dropper->query_until(qr/dropping/, "\\echo dropping\nDROP EXTENSION entity_cache CASCADE;\n");
+	ok(wait_until(sub { $node->safe_psql('postgres',
+		q{SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'DROP EXTENSION%'}) eq '1' }),
+		'the DROP waits for the reader');
+	my (undef, $failed) = $reader->query(q{UPDATE app.entity SET label = 'v' WHERE code = 'ok1'});
+	is($failed, 0, 'the reader then writes a watched table') or diag($reader->{stderr});
+	(undef, $failed) = $reader->query('COMMIT');
+	is($failed, 0, '... and commits');
+	$reader->quit;
+	$dropper->quit;
+	like($dropper->{stderr}, qr/drop cascades/, 'the DROP then completes') or diag($dropper->{stderr});
+	is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_extension WHERE extname = 'entity_cache'}),
+		'0', 'the extension is gone');
+	unlike(slurp_file($node->logfile), qr/deadlock detected/, 'no deadlock');
+	$node->safe_psql('postgres', q{CREATE EXTENSION entity_cache; SELECT entity_cache.watch('app.pt', 'pt:{id}')});
+}
+
 # DROP/CREATE EXTENSION cycles while writers change two watched tables in
 # both orders (and the worker refreshes them): no deadlock, no worker ERROR
 $node->safe_psql('postgres', q{
