@@ -13,8 +13,11 @@
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "miscadmin.h"
+#include "pgtime.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/bytea.h"
+#include "utils/float.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -24,16 +27,58 @@
  * The settings under which a placeholder renders, whatever the writer's
  * session: the README lists them, and applications build the same keys.
  */
+/*
+ * Zones that are UTC under another name (initdb on a UTC machine picks
+ * Etc/UTC): ISO output prints only the numeric offset, always +00 here.
+ */
+static bool
+timezone_is_utc(void)
+{
+	static const char *const utc_names[] = {"UTC", "Etc/UTC", "GMT", "Etc/GMT"};
+	const char *name = session_timezone ? pg_get_timezone_name(session_timezone) : NULL;
+
+	for (int i = 0; name && i < lengthof(utc_names); i++)
+		if (strcmp(name, utc_names[i]) == 0)
+			return true;
+	return false;
+}
+
+static bool
+datestyle_is_iso(void)
+{
+	/* the field order matters for input only; output in ISO ignores it */
+	return DateStyle == USE_ISO_DATES;
+}
+
+static bool
+intervalstyle_is_postgres(void)
+{
+	return IntervalStyle == INTSTYLE_POSTGRES;
+}
+
+static bool
+float_digits_are_1(void)
+{
+	return extra_float_digits == 1;
+}
+
+static bool
+bytea_is_hex(void)
+{
+	return bytea_output == BYTEA_OUTPUT_HEX;
+}
+
 static const struct
 {
 	const char *name;
 	const char *value;
+	bool		(*already) (void);	/* is the session's value the same? */
 }			canonical_settings[] = {
-	{"DateStyle", "ISO, MDY"},
-	{"TimeZone", "UTC"},
-	{"IntervalStyle", "postgres"},
-	{"extra_float_digits", "1"},
-	{"bytea_output", "hex"},
+	{"DateStyle", "ISO, MDY", datestyle_is_iso},
+	{"TimeZone", "UTC", timezone_is_utc},
+	{"IntervalStyle", "postgres", intervalstyle_is_postgres},
+	{"extra_float_digits", "1", float_digits_are_1},
+	{"bytea_output", "hex", bytea_is_hex},
 };
 
 /* Parse or raise an error that quotes the template and points at the fault. */
@@ -243,24 +288,35 @@ ec_type_needs_canonical(Oid typid)
 /*
  * Switch to the canonical settings until ec_canonical_end(): for the
  * current (sub)transaction only, and an error in between restores the
- * writer's settings as any aborted SET LOCAL would be.
+ * writer's settings as any aborted SET LOCAL would be.  Only the settings
+ * the session does not have already are switched (each switch, and its
+ * undoing, runs the setting's check and assign hooks): a session that
+ * already runs with them, a UTC server's default, pays nothing.  Returns 0
+ * when nothing was switched.
  */
 int
 ec_canonical_begin(void)
 {
-	int			nest = NewGUCNestLevel();
+	int			nest = 0;
 
 	for (int i = 0; i < lengthof(canonical_settings); i++)
+	{
+		if (canonical_settings[i].already())
+			continue;
+		if (nest == 0)
+			nest = NewGUCNestLevel();
 		(void) set_config_option(canonical_settings[i].name, canonical_settings[i].value,
 								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
 								 true, 0, false);
+	}
 	return nest;
 }
 
 void
 ec_canonical_end(int nest)
 {
-	AtEOXact_GUC(true, nest);
+	if (nest != 0)
+		AtEOXact_GUC(true, nest);
 }
 
 /*

@@ -148,6 +148,15 @@ SELECT op, key, vals FROM take_queue() ORDER BY key;
 RESET ALL;
 UPDATE app.typed SET i = 8;
 SELECT op, key FROM take_queue() ORDER BY key;
+-- a session with some of the settings already (UTC, default float digits)
+-- and not others: the same keys
+SET TimeZone = 'Etc/UTC';
+SET DateStyle = 'Postgres, DMY';
+SET bytea_output = 'escape';
+UPDATE app.typed SET i = 9;
+SHOW DateStyle;
+SELECT op, key FROM take_queue() ORDER BY key;
+RESET ALL;
 -- what an application does to build the same text: the same settings
 SET TimeZone = 'UTC';
 SET DateStyle = 'ISO';
