@@ -113,6 +113,24 @@ is($node->safe_psql('other', q{SELECT entity_cache.sync('60 s')}), 'f', 'sync() 
 ok(time() - $t0 < 30, 'sync() there returns at once');
 ok(wait_for_sync($node), 'the served database still syncs');
 
+# commits there do not wake the worker: its transactions (one a second
+# while idle, one per wake-up otherwise) do not follow 300 commits there
+sub worker_db_commits
+{
+	sleep 2;    # let the statistics of the last second arrive
+	return $node->safe_psql('other',
+		q{SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'});
+}
+my $c0 = worker_db_commits();
+$node->safe_psql('other', join('', map { "INSERT INTO app.entity VALUES ('n$_', 'x');\n" } 1 .. 300));
+my $c1 = worker_db_commits();
+ok($c1 - $c0 < 60, 'commits in an unserved database do not wake the worker (' . ($c1 - $c0)
+	. ' transactions in the served database meanwhile)');
+# the same 300 commits in the served database do wake it, each or in groups
+$node->safe_psql('postgres', join('', map { "INSERT INTO app.entity VALUES ('n$_', 'x');\n" } 1 .. 300));
+my $c2 = worker_db_commits();
+ok($c2 - $c1 > $c1 - $c0, "... as commits in the served database do (" . ($c2 - $c1) . ')');
+
 # pg_dump and restore of a database with a watched partitioned table: the
 # partitions' triggers come back from the dump, without a collision with
 # the event trigger, and writes to a partition are captured there
