@@ -71,6 +71,14 @@ SELECT op, key FROM take_queue();
 SELECT count(*) FROM pg_trigger WHERE tgrelid = 'app.pt_asia'::regclass;
 INSERT INTO app.pt_us VALUES (10, 'us', 'h');
 SELECT op, key FROM take_queue();
+-- DETACH ... CONCURRENTLY too
+CREATE TABLE app.pt_oc PARTITION OF app.pt FOR VALUES IN ('oc');
+SELECT count(*) FROM pg_trigger WHERE tgrelid = 'app.pt_oc'::regclass;
+ALTER TABLE app.pt DETACH PARTITION app.pt_oc CONCURRENTLY;
+SELECT count(*) FROM pg_trigger WHERE tgrelid = 'app.pt_oc'::regclass;
+INSERT INTO app.pt_oc VALUES (14, 'oc', 'l');
+SELECT op, key FROM take_queue();
+DROP TABLE app.pt_oc;
 
 -- a second template reaches the partitions too; unwatch takes them all away
 SELECT entity_cache.watch('app.pt', 'ptlist');
