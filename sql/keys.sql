@@ -19,6 +19,11 @@ UPDATE app.pt_us SET label = 'bb' WHERE id = 2;
 SELECT op, key FROM take_queue();
 DELETE FROM app.pt_us WHERE id = 2;
 SELECT op, key FROM take_queue();
+COPY app.pt_us FROM stdin;
+20	us	copied
+21	us	copied
+\.
+SELECT op, key FROM take_queue();
 TRUNCATE app.pt_us;
 SELECT op, key FROM take_queue();
 -- TRUNCATE of the parent truncates its partitions: one flush
