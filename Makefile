@@ -9,6 +9,7 @@ OBJS = \
 	extension/template.o \
 	extension/capture.o \
 	extension/api.o \
+	extension/utility.o \
 	worker/worker.o \
 	worker/drain.o \
 	worker/redis_client.o \
@@ -26,7 +27,7 @@ PGFILEDESC = "entity_cache - keep Redis cache keys in step with table changes"
 PG_CPPFLAGS = -I$(srcdir)/extension -I$(srcdir)/worker
 SHLIB_LINK = -lhiredis
 
-REGRESS = setup capture api templates privileges errors
+REGRESS = setup capture api templates privileges errors keys
 # pg_regress starts its own instance, preloaded, with no Redis reachable,
 # so the suites see exactly what the capture side queued.
 REGRESS_OPTS = --temp-instance=$(CURDIR)/tmp_check_regress \

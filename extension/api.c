@@ -66,6 +66,17 @@ entity_cache_check_template(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
 				 errdetail("entity_cache watches ordinary and partitioned tables only.")));
+	if (rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot watch temporary table \"%s\"", RelationGetRelationName(rel)),
+				 errdetail("The worker cannot read another session's temporary table, and its rows vanish with the session."),
+				 errhint("Invalidate the keys of session-private data with entity_cache.invalidate_key().")));
+	if (rel->rd_rel->relpersistence == RELPERSISTENCE_UNLOGGED)
+		ereport(WARNING,
+				(errmsg("table \"%s\" is unlogged: after a crash its rows are gone but their keys stay cached",
+						RelationGetRelationName(rel)),
+				 errhint("After a crash, run SELECT entity_cache.flush_all();")));
 
 	ec_bind_template(&bt, tmpl, RelationGetDescr(rel));
 	if (!bt.complete)
@@ -133,6 +144,33 @@ spi_row_value(void *arg, AttrNumber attnum)
 	SpiRow	   *r = arg;
 
 	return SPI_getvalue(r->tuple, r->desc, attnum);
+}
+
+/*
+ * Queue the key of every row SPI_tuptable holds; returns how many were
+ * queued.  Rendered under the same settings as the capture trigger's
+ * (keys.c), so that invalidate() names the keys the trigger would.
+ */
+static int
+queue_spi_rows(EcQueueWriter *w, EcBoundTemplate *bt, Oid relid, StringInfo key)
+{
+	int			nest = bt->canonical ? ec_canonical_begin() : 0;
+	int			n = 0;
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		SpiRow		r = {SPI_tuptable->vals[i], SPI_tuptable->tupdesc};
+		Datum		vals;
+
+		if (ec_render_key(bt, spi_row_value, &r, key, &vals))
+		{
+			ec_queue_add(w, EC_OP_KEY, key->data, relid, bt->text, vals, false);
+			n++;
+		}
+	}
+	if (bt->canonical)
+		ec_canonical_end(nest);
+	return n;
 }
 
 /*
@@ -212,16 +250,7 @@ entity_cache_invalidate(PG_FUNCTION_ARGS)
 			}
 			continue;
 		}
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			SpiRow		r = {SPI_tuptable->vals[i], SPI_tuptable->tupdesc};
-
-			if (ec_render_key(&bt, spi_row_value, &r, &key, &vals))
-			{
-				ec_queue_add(w, EC_OP_KEY, key.data, relid, bt.text, vals, false);
-				nkeys++;
-			}
-		}
+		nkeys += queue_spi_rows(w, &bt, relid, &key);
 	}
 	SPI_finish();
 
@@ -393,6 +422,18 @@ entity_cache_sync(PG_FUNCTION_ARGS)
 
 	/* fails clearly if the extension's objects are gone */
 	(void) ec_queue_relid(false);
+
+	/*
+	 * No worker serves this database: nothing will empty the queue, so do
+	 * not wait for it.  True only if nothing is pending at all.
+	 */
+	if (!ec_database_served(NULL))
+	{
+		rel = table_open(ec_queue_relid(false), AccessShareLock);
+		done = !pending_before(rel, start);
+		table_close(rel, AccessShareLock);
+		PG_RETURN_BOOL(done);
+	}
 	if (worker_serves_us())
 		ec_wake_worker();
 
@@ -442,6 +483,8 @@ entity_cache_sync(PG_FUNCTION_ARGS)
  */
 #define EC_STATUS_COLUMNS 18
 #define EC_STATUS_DATABASE 8
+#define EC_STATUS_WORKER_NOTE 9
+#define EC_STATUS_REFRESH_FAILED 13
 
 /* _status(): the row behind the entity_cache.status view. */
 Datum
@@ -451,6 +494,7 @@ entity_cache_status(PG_FUNCTION_ARGS)
 	Datum		values[EC_STATUS_COLUMNS];
 	bool		nulls[EC_STATUS_COLUMNS];
 	bool		isnull;
+	const char *why;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
@@ -458,18 +502,28 @@ entity_cache_status(PG_FUNCTION_ARGS)
 	values[EC_STATUS_DATABASE] = CStringGetTextDatum(ec_database);
 	nulls[EC_STATUS_DATABASE] = false;
 
-	if (ec_shared)
+	if (!ec_database_served(&why))
+	{
+		/* the worker of another database is none of this one's business */
+		values[EC_STATUS_WORKER_NOTE] = CStringGetTextDatum(why);
+		nulls[EC_STATUS_WORKER_NOTE] = false;
+		values[1] = BoolGetDatum(false);
+		nulls[1] = false;
+	}
+	else
 	{
 		pid_t		pid;
 		bool		connected;
 		uint64		applied,
-					errors;
+					errors,
+					refresh_failed;
 		TimestampTz err_at;
 		char		err[EC_LAST_ERROR_LEN];
 
 		SpinLockAcquire(&ec_shared->mutex);
 		pid = ec_shared->worker_pid;
 		connected = ec_shared->redis_connected;
+		refresh_failed = ec_shared->refresh_failed;
 		applied = ec_shared->applied_total;
 		errors = ec_shared->errors_total;
 		err_at = ec_shared->last_error_at;
@@ -481,6 +535,14 @@ entity_cache_status(PG_FUNCTION_ARGS)
 			values[0] = Int32GetDatum(pid);
 			nulls[0] = false;
 		}
+		else
+		{
+			values[EC_STATUS_WORKER_NOTE] =
+				CStringGetTextDatum("the worker is not running; the postmaster starts it again within a second");
+			nulls[EC_STATUS_WORKER_NOTE] = false;
+		}
+		values[EC_STATUS_REFRESH_FAILED] = Int64GetDatum((int64) refresh_failed);
+		nulls[EC_STATUS_REFRESH_FAILED] = false;
 		values[1] = BoolGetDatum(pid != 0 && connected);
 		nulls[1] = false;
 		values[4] = Int64GetDatum((int64) applied);

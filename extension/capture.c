@@ -72,6 +72,8 @@ capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate **stores, int nstor
 	MemoryContext oldcxt;
 	SlotValues	sv;
 	StringInfoData key;
+	bool		canonical = false;
+	int			nest = 0;
 
 	/*
 	 * Only refresh mode needs to find the row again; in delete mode the
@@ -83,6 +85,15 @@ capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate **stores, int nstor
 	sv.slot = slot;
 	sv.outfuncs = palloc0(sizeof(FmgrInfo) * desc->natts);
 	initStringInfo(&key);
+
+	/*
+	 * Keys render under fixed settings (keys.c), switched to only when a
+	 * template's column has a type whose text depends on them.
+	 */
+	for (int i = 0; i < nbts; i++)
+		canonical |= bts[i].complete && bts[i].canonical;
+	if (canonical)
+		nest = ec_canonical_begin();
 
 	for (int s = 0; s < nstores; s++)
 	{
@@ -114,6 +125,8 @@ capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate **stores, int nstor
 		}
 	}
 
+	if (canonical)
+		ec_canonical_end(nest);
 	ExecDropSingleTupleTableSlot(slot);
 	MemoryContextDelete(rowcxt);
 }

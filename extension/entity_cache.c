@@ -11,6 +11,7 @@
 #include "entity_cache.h"
 
 #include "access/xact.h"
+#include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
@@ -252,6 +253,7 @@ _PG_init(void)
 {
 	define_gucs();
 	ec_queue_xact_init();
+	ec_utility_init();
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
@@ -272,12 +274,42 @@ void
 ec_wake_worker(void)
 {
 	int			procno;
+	Oid			dboid;
 
 	if (ec_shared == NULL)
 		return;
 	SpinLockAcquire(&ec_shared->mutex);
 	procno = ec_shared->worker_procno;
+	dboid = ec_shared->worker_dboid;
 	SpinLockRelease(&ec_shared->mutex);
-	if (procno >= 0)
+	/* a worker serving another database has nothing to do with our rows */
+	if (procno >= 0 && dboid == MyDatabaseId)
 		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
+/*
+ * Does a worker serve this database (whether or not it runs right now)?
+ * If not, *why (when given) says so in words for status.worker_note.  One
+ * database is served: the one entity_cache.database names.
+ */
+bool
+ec_database_served(const char **why)
+{
+	char	   *dbname;
+
+	if (ec_shared == NULL)
+	{
+		if (why)
+			*why = "entity_cache is not in shared_preload_libraries: no worker runs";
+		return false;
+	}
+	dbname = get_database_name(MyDatabaseId);
+	if (dbname == NULL || strcmp(dbname, ec_database) != 0)
+	{
+		if (why)
+			*why = psprintf("no worker serves this database: entity_cache.database is \"%s\"",
+							ec_database);
+		return false;
+	}
+	return true;
 }

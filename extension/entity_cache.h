@@ -61,6 +61,9 @@ typedef struct EcShared
 	bool		redis_connected;
 	uint64		applied_total;	/* queue rows applied to Redis */
 	uint64		errors_total;
+	uint64		refresh_failed; /* keys deleted because no lookup could run */
+	bool		database_missing;	/* entity_cache.database was not found */
+	bool		said_missing;	/* ... and the log said so once */
 	TimestampTz last_error_at;
 	char		last_error[EC_LAST_ERROR_LEN];
 	ConditionVariable applied_cv;	/* broadcast after each applied batch */
@@ -70,6 +73,10 @@ extern EcShared *ec_shared;		/* NULL unless preloaded */
 
 /* entity_cache.c */
 extern void ec_wake_worker(void);
+extern bool ec_database_served(const char **why);
+
+/* utility.c */
+extern void ec_utility_init(void);
 
 /* queue.c */
 extern Oid	ec_queue_relid(bool missing_ok);

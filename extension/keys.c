@@ -12,9 +12,74 @@
 
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "miscadmin.h"
+#include "pgtime.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/bytea.h"
+#include "utils/float.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/typcache.h"
+
+/*
+ * The settings under which a placeholder renders, whatever the writer's
+ * session: the README lists them, and applications build the same keys.
+ */
+/*
+ * Zones that are UTC under another name (initdb on a UTC machine picks
+ * Etc/UTC): ISO output prints only the numeric offset, always +00 here.
+ */
+static bool
+timezone_is_utc(void)
+{
+	static const char *const utc_names[] = {"UTC", "Etc/UTC", "GMT", "Etc/GMT"};
+	const char *name = session_timezone ? pg_get_timezone_name(session_timezone) : NULL;
+
+	for (int i = 0; name && i < lengthof(utc_names); i++)
+		if (strcmp(name, utc_names[i]) == 0)
+			return true;
+	return false;
+}
+
+static bool
+datestyle_is_iso(void)
+{
+	/* the field order matters for input only; output in ISO ignores it */
+	return DateStyle == USE_ISO_DATES;
+}
+
+static bool
+intervalstyle_is_postgres(void)
+{
+	return IntervalStyle == INTSTYLE_POSTGRES;
+}
+
+static bool
+float_digits_are_1(void)
+{
+	return extra_float_digits == 1;
+}
+
+static bool
+bytea_is_hex(void)
+{
+	return bytea_output == BYTEA_OUTPUT_HEX;
+}
+
+static const struct
+{
+	const char *name;
+	const char *value;
+	bool		(*already) (void);	/* is the session's value the same? */
+}			canonical_settings[] = {
+	{"DateStyle", "ISO, MDY", datestyle_is_iso},
+	{"TimeZone", "UTC", timezone_is_utc},
+	{"IntervalStyle", "postgres", intervalstyle_is_postgres},
+	{"extra_float_digits", "1", float_digits_are_1},
+	{"bytea_output", "hex", bytea_is_hex},
+};
 
 /* Parse or raise an error that quotes the template and points at the fault. */
 void
@@ -42,6 +107,7 @@ ec_bind_template(EcBoundTemplate *bt, const char *text, TupleDesc desc)
 {
 	bt->text = text;
 	bt->complete = true;
+	bt->canonical = false;
 	bt->missing = NULL;
 	ec_parse_template(text, &bt->parsed);
 
@@ -50,6 +116,8 @@ ec_bind_template(EcBoundTemplate *bt, const char *text, TupleDesc desc)
 		EcTemplatePart *p = &bt->parsed.parts[i];
 
 		bt->attnums[i] = 0;
+		bt->atttypes[i] = InvalidOid;
+		bt->atttypmods[i] = -1;
 		if (!p->is_column)
 			continue;
 		for (int a = 0; a < desc->natts; a++)
@@ -62,6 +130,10 @@ ec_bind_template(EcBoundTemplate *bt, const char *text, TupleDesc desc)
 				memcmp(NameStr(att->attname), text + p->offset, p->len) == 0)
 			{
 				bt->attnums[i] = att->attnum;
+				bt->atttypes[i] = att->atttypid;
+				bt->atttypmods[i] = att->atttypmod;
+				if (!bt->canonical && ec_type_needs_canonical(att->atttypid))
+					bt->canonical = true;
 				break;
 			}
 		}
@@ -144,4 +216,117 @@ ec_watched_templates(Relation rel)
 			result = lappend(result, pstrdup(t->tgargs[j]));
 	}
 	return result;
+}
+
+/*
+ * Does the text of a value of this type depend on DateStyle, TimeZone,
+ * IntervalStyle, extra_float_digits or bytea_output?  Types known not to
+ * (integers, text, numeric, uuid, ...) answer false; every other base type
+ * (dates and times, floats, bytea, geometric types, types of other
+ * extensions) true, to be safe; arrays, domains, ranges and composites ask
+ * of what they are made of.  Called once per template and statement, so a
+ * template over text or integer columns costs no setting changes per row.
+ */
+bool
+ec_type_needs_canonical(Oid typid)
+{
+	TypeCacheEntry *tc;
+
+	check_stack_depth();
+	typid = getBaseType(typid);
+	switch (typid)
+	{
+		case BOOLOID:
+		case CHAROID:
+		case NAMEOID:
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case OIDOID:
+		case TEXTOID:
+		case VARCHAROID:
+		case BPCHAROID:
+		case NUMERICOID:
+		case UUIDOID:
+		case INETOID:
+		case CIDROID:
+		case MACADDROID:
+		case MACADDR8OID:
+		case JSONOID:
+		case JSONBOID:
+		case BITOID:
+		case VARBITOID:
+			return false;
+		default:
+			break;
+	}
+	if (OidIsValid(get_element_type(typid)))
+		return ec_type_needs_canonical(get_element_type(typid));
+	switch (get_typtype(typid))
+	{
+		case TYPTYPE_ENUM:
+			return false;
+		case TYPTYPE_RANGE:
+			return ec_type_needs_canonical(get_range_subtype(typid));
+		case TYPTYPE_MULTIRANGE:
+			return ec_type_needs_canonical(get_range_subtype(get_multirange_range(typid)));
+		case TYPTYPE_COMPOSITE:
+			tc = lookup_type_cache(typid, TYPECACHE_TUPDESC);
+			for (int a = 0; tc->tupDesc && a < tc->tupDesc->natts; a++)
+			{
+				Form_pg_attribute att = TupleDescAttr(tc->tupDesc, a);
+
+				if (!att->attisdropped && ec_type_needs_canonical(att->atttypid))
+					return true;
+			}
+			return false;
+		default:
+			return true;
+	}
+}
+
+/*
+ * Switch to the canonical settings until ec_canonical_end(): for the
+ * current (sub)transaction only, and an error in between restores the
+ * writer's settings as any aborted SET LOCAL would be.  Only the settings
+ * the session does not have already are switched (each switch, and its
+ * undoing, runs the setting's check and assign hooks): a session that
+ * already runs with them, a UTC server's default, pays nothing.  Returns 0
+ * when nothing was switched.
+ */
+int
+ec_canonical_begin(void)
+{
+	int			nest = 0;
+
+	for (int i = 0; i < lengthof(canonical_settings); i++)
+	{
+		if (canonical_settings[i].already())
+			continue;
+		if (nest == 0)
+			nest = NewGUCNestLevel();
+		(void) set_config_option(canonical_settings[i].name, canonical_settings[i].value,
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+								 true, 0, false);
+	}
+	return nest;
+}
+
+void
+ec_canonical_end(int nest)
+{
+	if (nest != 0)
+		AtEOXact_GUC(true, nest);
+}
+
+/*
+ * For the worker: the canonical settings for the whole process, so that
+ * the values it parses back (refresh lookups) read as they were written.
+ */
+void
+ec_canonical_settings(void)
+{
+	for (int i = 0; i < lengthof(canonical_settings); i++)
+		SetConfigOption(canonical_settings[i].name, canonical_settings[i].value,
+						PGC_SUSET, PGC_S_OVERRIDE);
 }

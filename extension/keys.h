@@ -21,7 +21,10 @@ typedef struct EcBoundTemplate
 	const char *text;
 	EcTemplate	parsed;
 	AttrNumber	attnums[EC_TEMPLATE_MAX_PARTS]; /* per part; 0 for literals */
+	Oid			atttypes[EC_TEMPLATE_MAX_PARTS];	/* per part; 0 for literals */
+	int32		atttypmods[EC_TEMPLATE_MAX_PARTS];
 	bool		complete;		/* every placeholder names a live column */
+	bool		canonical;		/* a column's text depends on session settings */
 	char	   *missing;		/* first column that does not, if any */
 } EcBoundTemplate;
 
@@ -34,6 +37,10 @@ extern char *ec_template_pattern(const EcBoundTemplate *bt);
 extern bool ec_render_key(const EcBoundTemplate *bt, EcValueFn fn, void *arg,
 						  StringInfo key, Datum *vals);
 extern List *ec_watched_templates(Relation rel);
+extern bool ec_type_needs_canonical(Oid typid);
+extern int	ec_canonical_begin(void);
+extern void ec_canonical_end(int nest);
+extern void ec_canonical_settings(void);
 
 #define EC_TRIGGER_INSERT "entity_cache_insert"
 

@@ -32,12 +32,15 @@ BEGIN READ ONLY;
 SELECT entity_cache.invalidate_key('ro');
 ROLLBACK;
 
--- sync: true at once on an empty queue; false on timeout while rows wait
--- (nothing drains in this instance); rows of the calling transaction,
+-- sync: true at once on an empty queue; false while rows wait, at once:
+-- no worker serves this database (entity_cache.database is 'postgres'),
+-- so there is nothing to wait for; rows of the calling transaction,
 -- which the worker cannot see yet, are not waited for
 SELECT entity_cache.sync('1 s');
 SELECT entity_cache.invalidate_key('pending');
-SELECT entity_cache.sync('200 ms');
+SELECT clock_timestamp() AS before_sync \gset
+SELECT entity_cache.sync('1 h');
+SELECT clock_timestamp() - :'before_sync' < interval '1 min' AS returned_at_once;
 SELECT count(*) FROM take_queue();
 BEGIN;
 SELECT entity_cache.invalidate_key('mine');
@@ -46,11 +49,12 @@ ROLLBACK;
 SELECT entity_cache.sync('-1 s');
 SELECT entity_cache.sync(NULL);
 
--- status: one row; the worker runs (for another database) and cannot
--- reach Redis here
+-- status: one row; the worker runs for another database, so here it
+-- shows none, and says why
 SELECT entity_cache.invalidate_key('one');
-SELECT worker_pid > 0 AS worker_running, redis_connected, queue_depth,
-       oldest_pending_age >= '0'::interval AS has_age
+SELECT worker_pid, redis_connected, queue_depth,
+       oldest_pending_age >= '0'::interval AS has_age, database, worker_note,
+       refresh_failed
 FROM entity_cache.status;
 SELECT count(*) FROM take_queue();
 SELECT queue_depth, oldest_pending_age FROM entity_cache.status;

@@ -41,6 +41,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "keys.h"
 #include "redis_client.h"
 #include "template.h"
 
@@ -58,13 +59,22 @@ typedef struct QueueRow
 	Datum		vals;			/* text[], or 0 */
 } QueueRow;
 
-/* a prepared row lookup for refresh mode, per (relation, template) */
+/*
+ * A prepared row lookup for refresh mode, per (relation, template): the
+ * placeholders' columns compared with typed parameters, whose values are
+ * read back from the queue's text with each column's input function.  The
+ * worker runs with the canonical settings the keys were rendered under
+ * (keys.c), so that text reads back as the value it came from.
+ */
 typedef struct Lookup
 {
 	Oid			relid;
 	char	   *template;
 	int			nargs;
 	SPIPlanPtr	plan;
+	FmgrInfo	input[EC_TEMPLATE_MAX_PARTS];
+	Oid			ioparam[EC_TEMPLATE_MAX_PARTS];
+	int32		typmod[EC_TEMPLATE_MAX_PARTS];
 } Lookup;
 
 static List *lookups = NIL;		/* in TopMemoryContext */
@@ -179,66 +189,81 @@ delete_rows(Relation rel, QueueRow *rows, int n)
 	}
 }
 
-/* Build (once) the plan that reads the row a key was rendered from. */
+static void
+forget_lookups(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, lookups)
+	{
+		SPI_freeplan(((Lookup *) lfirst(lc))->plan);
+		pfree(((Lookup *) lfirst(lc))->template);
+	}
+	list_free_deep(lookups);
+	lookups = NIL;
+}
+
+/*
+ * Build (once) the plan that reads the row a key was rendered from.  The
+ * placeholders are matched to columns by ec_bind_template(), as the
+ * capture trigger matched them.  Raises an error for what cannot be looked
+ * up (a template that names a column no longer there, a type without an
+ * equality operator); the caller turns that into a DEL of that one key.
+ */
 static Lookup *
-get_lookup(Oid relid, const char *template)
+get_lookup(Relation rel, const char *template)
 {
 	ListCell   *lc;
 	Lookup	   *l;
-	EcTemplate	t;
-	size_t		errpos;
+	EcBoundTemplate bt;
 	StringInfoData sql;
 	Oid			argtypes[EC_TEMPLATE_MAX_PARTS];
-	char	   *relname;
 	MemoryContext old;
-	int			nargs = 0;
 
 	foreach(lc, lookups)
 	{
 		l = lfirst(lc);
-		if (l->relid == relid && strcmp(l->template, template) == 0)
+		if (l->relid == RelationGetRelid(rel) && strcmp(l->template, template) == 0)
 			return l;
 	}
 
-	relname = get_rel_name(relid);
-	if (relname == NULL ||
-		ec_template_parse(template, strlen(template), &t, &errpos) != NULL ||
-		t.ncolumns == 0)
-		return NULL;
-
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT pg_catalog.row_to_json(t)::text FROM %s t WHERE ",
-					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-												relname));
-	for (int i = 0; i < t.nparts; i++)
-	{
-		char	   *col;
-		AttrNumber	attnum;
-
-		if (!t.parts[i].is_column)
-			continue;
-		col = pnstrdup(template + t.parts[i].offset, t.parts[i].len);
-		attnum = get_attnum(relid, col);
-		if (attnum == InvalidAttrNumber)
-			return NULL;
-		argtypes[nargs] = TEXTOID;
-		nargs++;
-		/* compare in the column's type, so its index can be used */
-		appendStringInfo(&sql, "%st.%s = CAST($%d AS %s)",
-						 nargs > 1 ? " AND " : "",
-						 quote_identifier(col), nargs,
-						 format_type_be_qualified(get_atttype(relid, attnum)));
-	}
-	appendStringInfoString(&sql, " LIMIT 2");
+	ec_bind_template(&bt, template, RelationGetDescr(rel));
+	if (!bt.complete || bt.parsed.ncolumns == 0)
+		ereport(ERROR,
+				(errmsg("key template \"%s\" does not name columns of table \"%s\"",
+						template, RelationGetRelationName(rel))));
 
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	l = palloc0(sizeof(Lookup));
-	l->relid = relid;
+	l->relid = RelationGetRelid(rel);
 	l->template = pstrdup(template);
-	l->nargs = nargs;
 	MemoryContextSwitchTo(old);
 
-	l->plan = SPI_prepare(sql.data, nargs, argtypes);
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT pg_catalog.row_to_json(t)::text FROM %s t WHERE ",
+					 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												RelationGetRelationName(rel)));
+	for (int i = 0; i < bt.parsed.nparts; i++)
+	{
+		Oid			typinput;
+
+		if (!bt.parsed.parts[i].is_column)
+			continue;
+		argtypes[l->nargs] = bt.atttypes[i];
+		getTypeInputInfo(bt.atttypes[i], &typinput, &l->ioparam[l->nargs]);
+		fmgr_info_cxt(typinput, &l->input[l->nargs], TopMemoryContext);
+		l->typmod[l->nargs] = bt.atttypmods[i];
+		l->nargs++;
+		/* typed parameters: the column's own equality and index */
+		appendStringInfo(&sql, "%st.%s = $%d",
+						 l->nargs > 1 ? " AND " : "",
+						 quote_identifier(NameStr(TupleDescAttr(RelationGetDescr(rel),
+																bt.attnums[i] - 1)->attname)),
+						 l->nargs);
+	}
+	appendStringInfoString(&sql, " LIMIT 2");
+
+	l->plan = SPI_prepare(sql.data, l->nargs, argtypes);
 	if (l->plan == NULL)
 		elog(ERROR, "could not prepare refresh lookup \"%s\": %s",
 			 sql.data, SPI_result_code_string(SPI_result));
@@ -250,30 +275,50 @@ get_lookup(Oid relid, const char *template)
 }
 
 /*
- * The JSON of the one current row behind r, or NULL if there is none (or
- * more than one: the key is then ambiguous and deleting it is the only
- * safe answer).
+ * The JSON of the one current row behind r, or NULL if there is none (the
+ * row was deleted: DEL is the answer), or more than one (the key is
+ * ambiguous and DEL is the only safe answer), or the table is locked by
+ * DDL (DROP, ALTER: waiting here, holding the queue, could deadlock with
+ * it; DEL is always correct).  Raises an error for a key that cannot be
+ * looked up at all: the table is gone, a value does not read back.
  */
 static char *
 lookup_json(QueueRow *r)
 {
 	Lookup	   *l;
+	Relation	rel;
 	Datum	   *elems;
 	bool	   *nulls;
 	int			nelems;
+	Datum		args[EC_TEMPLATE_MAX_PARTS];
 	char	   *json = NULL;
 
 	if (!OidIsValid(r->relid) || r->template == NULL || r->vals == 0)
 		return NULL;
-	l = get_lookup(r->relid, r->template);
-	if (l == NULL)
+	if (!ConditionalLockRelationOid(r->relid, AccessShareLock))
 		return NULL;
+	rel = try_table_open(r->relid, NoLock);
+	if (rel == NULL)
+		ereport(ERROR,
+				(errmsg("the table of this key (OID %u) no longer exists", r->relid)));
+	l = get_lookup(rel, r->template);
+	table_close(rel, NoLock);
+
 	deconstruct_array(DatumGetArrayTypeP(r->vals), TEXTOID, -1, false,
 					  TYPALIGN_INT, &elems, &nulls, &nelems);
 	if (nelems != l->nargs)
-		return NULL;
-	if (SPI_execute_plan(l->plan, elems, NULL, true, 2) != SPI_OK_SELECT)
-		return NULL;
+		ereport(ERROR,
+				(errmsg("the key has %d values, its template \"%s\" %d placeholders",
+						nelems, r->template, l->nargs)));
+	for (int i = 0; i < nelems; i++)
+	{
+		if (nulls[i])
+			return NULL;
+		args[i] = InputFunctionCall(&l->input[i], TextDatumGetCString(elems[i]),
+									l->ioparam[i], l->typmod[i]);
+	}
+	if (SPI_execute_plan(l->plan, args, NULL, true, 2) != SPI_OK_SELECT)
+		ereport(ERROR, (errmsg("the refresh lookup failed")));
 	if (SPI_processed == 1)
 	{
 		char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
@@ -286,21 +331,22 @@ lookup_json(QueueRow *r)
 }
 
 /*
- * Fill jsons[i] for every row that refresh mode should SET.  Run inside a
- * subtransaction: a lookup that fails (a dropped table, a column whose
- * type lost its equality operator) must cost a DEL, not the batch.
+ * Run lookup_json() for rows [from, to) in one subtransaction.  On an
+ * error, roll it back and return false with *edata set (in the caller's
+ * context) and no JSON kept.
  */
-static void
-lookup_all(QueueRow *rows, int n, char **jsons)
+static bool
+lookup_range(QueueRow *rows, int from, int to, char **jsons, ErrorData **edata)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
+	bool		ok = true;
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
-		for (int i = 0; i < n; i++)
+		for (int i = from; i < to; i++)
 			if (rows[i].op == EC_OP_KEY && rows[i].key != NULL)
 				jsons[i] = lookup_json(&rows[i]);
 		ReleaseCurrentSubTransaction();
@@ -309,24 +355,51 @@ lookup_all(QueueRow *rows, int n, char **jsons)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
 		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
+		*edata = CopyErrorData();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
-		ereport(WARNING,
-				(errmsg("entity_cache: refresh lookup failed, deleting the batch's keys instead: %s",
-						edata->message)));
-		FreeErrorData(edata);
-		for (int i = 0; i < n; i++)
+		for (int i = from; i < to; i++)
 			jsons[i] = NULL;
-		/* plans may refer to what is gone; build them again next time */
-		lookups = NIL;
+		/* plans may refer to what is gone; build them again */
+		forget_lookups();
+		ok = false;
 	}
 	PG_END_TRY();
+	return ok;
+}
+
+/*
+ * Fill jsons[i] for every row that refresh mode should SET.  The whole
+ * batch is tried in one subtransaction; only if that fails is each key
+ * tried in its own, so a key that cannot be looked up (its table dropped,
+ * a value that does not read back) is deleted on its own, with a warning
+ * and a count in status.refresh_failed, and the rest are refreshed.
+ */
+static void
+lookup_all(QueueRow *rows, int n, char **jsons)
+{
+	ErrorData  *edata = NULL;
+
+	if (lookup_range(rows, 0, n, jsons, &edata))
+		return;
+	FreeErrorData(edata);
+	for (int i = 0; i < n; i++)
+	{
+		if (rows[i].op != EC_OP_KEY || rows[i].key == NULL)
+			continue;
+		if (lookup_range(rows, i, i + 1, jsons, &edata))
+			continue;
+		ereport(WARNING,
+				(errmsg("entity_cache: cannot refresh key \"%s\", deleting it instead: %s",
+						rows[i].key, edata->message)));
+		FreeErrorData(edata);
+		SpinLockAcquire(&ec_shared->mutex);
+		ec_shared->refresh_failed++;
+		SpinLockRelease(&ec_shared->mutex);
+	}
 }
 
 /*
@@ -504,13 +577,14 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 
+	/* a DROP EXTENSION may remove the queue between the lookup and the open */
 	relid = ec_queue_relid(true);
-	if (!OidIsValid(relid))
+	rel = OidIsValid(relid) ? try_table_open(relid, RowExclusiveLock) : NULL;
+	if (rel == NULL)
 	{
 		CommitTransactionCommand();
 		return EC_DRAIN_NOT_INSTALLED;
 	}
-	rel = table_open(relid, RowExclusiveLock);
 	if (!ec_queue_shape_ok(RelationGetDescr(rel)))
 	{
 		table_close(rel, NoLock);

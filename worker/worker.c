@@ -16,6 +16,12 @@
 
 #include "entity_cache.h"
 
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -26,14 +32,17 @@
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "drain.h"
+#include "keys.h"
 #include "redis_client.h"
 
 /* safety net: poll this often even if no commit sets the latch */
 #define POLL_INTERVAL_MS 1000
 #define NOT_INSTALLED_POLL_MS 5000
+#define DATABASE_POLL_MS 2000
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
@@ -168,6 +177,110 @@ fail_and_back_off(const char *msg, long backoff)
 	return backoff;
 }
 
+/*
+ * Does entity_cache.database exist and accept connections?  Read with a
+ * plain scan of pg_database, as the autovacuum launcher does: a process
+ * connected to no database cannot load the indexes a syscache lookup uses.
+ */
+static bool
+database_ready(void)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	bool		ready = false;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		/* -2: a DROP DATABASE was interrupted; connecting would fail */
+		if (strcmp(NameStr(db->datname), ec_database) == 0)
+		{
+			ready = db->datallowconn && db->datconnlimit != -2;
+			break;
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return ready;
+}
+
+/*
+ * entity_cache.database does not exist (or refuses connections): wait for
+ * it quietly instead of failing once a second.  A process connects to one
+ * database at most once, so this one connects to none (it can still read
+ * the shared catalog pg_database) and, once the database is there, exits
+ * to be started again by the postmaster, which then connects to it.  The
+ * log says so once, however often the worker is restarted meanwhile.
+ */
+static void
+wait_for_database(void)
+{
+	bool		say;
+
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	pgstat_report_appname(EC_WORKER_NAME);
+	SpinLockAcquire(&ec_shared->mutex);
+	say = !ec_shared->said_missing;
+	ec_shared->said_missing = true;
+	SpinLockRelease(&ec_shared->mutex);
+	if (say)
+		ereport(LOG,
+				(errmsg("entity_cache worker: database \"%s\" does not exist or does not accept connections; waiting for it",
+						ec_database),
+				 errhint("Create the database, or set entity_cache.database and restart the server.")));
+
+	while (!database_ready())
+	{
+		wait_ms(DATABASE_POLL_MS);
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
+
+	SpinLockAcquire(&ec_shared->mutex);
+	ec_shared->database_missing = false;
+	ec_shared->said_missing = false;
+	SpinLockRelease(&ec_shared->mutex);
+	ereport(LOG,
+			(errmsg("entity_cache worker: database \"%s\" is there now; restarting to serve it",
+					ec_database)));
+	proc_exit(1);
+}
+
+/*
+ * Connect to entity_cache.database, or wait for it.  A missing database
+ * makes BackgroundWorkerInitializeConnection() exit with FATAL, which no
+ * handler can catch: so the flag is set before trying and cleared after,
+ * and the next start, finding it set, waits instead of trying again.
+ */
+static void
+connect_or_wait(void)
+{
+	bool		missing;
+
+	SpinLockAcquire(&ec_shared->mutex);
+	missing = ec_shared->database_missing;
+	ec_shared->database_missing = true;
+	SpinLockRelease(&ec_shared->mutex);
+	if (missing)
+		wait_for_database();
+
+	BackgroundWorkerInitializeConnection(ec_database, NULL, 0);
+	SpinLockAcquire(&ec_shared->mutex);
+	ec_shared->database_missing = false;
+	ec_shared->said_missing = false;
+	SpinLockRelease(&ec_shared->mutex);
+}
+
 void
 entity_cache_worker_main(Datum main_arg)
 {
@@ -185,10 +298,11 @@ entity_cache_worker_main(Datum main_arg)
 	if (ec_shared == NULL)
 		ereport(ERROR,
 				(errmsg("entity_cache must be loaded via shared_preload_libraries")));
+	connect_or_wait();
 	worker_attach();
-
-	BackgroundWorkerInitializeConnection(ec_database, NULL, 0);
 	pgstat_report_appname(EC_WORKER_NAME);
+	/* the text it parses back reads as the capture trigger wrote it */
+	ec_canonical_settings();
 	SpinLockAcquire(&ec_shared->mutex);
 	ec_shared->worker_dboid = MyDatabaseId;
 	SpinLockRelease(&ec_shared->mutex);
