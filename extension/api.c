@@ -442,6 +442,7 @@ entity_cache_sync(PG_FUNCTION_ARGS)
  */
 #define EC_STATUS_COLUMNS 18
 #define EC_STATUS_DATABASE 8
+#define EC_STATUS_NOTIFY_SKIPPED 12
 
 /* _status(): the row behind the entity_cache.status view. */
 Datum
@@ -463,7 +464,8 @@ entity_cache_status(PG_FUNCTION_ARGS)
 		pid_t		pid;
 		bool		connected;
 		uint64		applied,
-					errors;
+					errors,
+					notify_skipped;
 		TimestampTz err_at;
 		char		err[EC_LAST_ERROR_LEN];
 
@@ -472,6 +474,7 @@ entity_cache_status(PG_FUNCTION_ARGS)
 		connected = ec_shared->redis_connected;
 		applied = ec_shared->applied_total;
 		errors = ec_shared->errors_total;
+		notify_skipped = ec_shared->notify_skipped;
 		err_at = ec_shared->last_error_at;
 		memcpy(err, ec_shared->last_error, sizeof(err));
 		SpinLockRelease(&ec_shared->mutex);
@@ -487,6 +490,8 @@ entity_cache_status(PG_FUNCTION_ARGS)
 		nulls[4] = false;
 		values[5] = Int64GetDatum((int64) errors);
 		nulls[5] = false;
+		values[EC_STATUS_NOTIFY_SKIPPED] = Int64GetDatum((int64) notify_skipped);
+		nulls[EC_STATUS_NOTIFY_SKIPPED] = false;
 		if (err_at != 0)
 		{
 			values[6] = CStringGetTextDatum(err);

@@ -21,6 +21,7 @@
 
 #include "access/heapam.h"
 #include "access/tableam.h"
+#include "access/table.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/vacuum.h"
@@ -34,6 +35,7 @@
 #include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -81,6 +83,7 @@ static MemoryContext batch_cxt = NULL;
  * beginning.
  */
 static ItemPointerData watermark;
+static Oid	watermark_relid = InvalidOid;	/* the queue it is a TID of */
 
 /* when the pass that the watermark is part of started */
 static TimestampTz pass_started = 0;
@@ -477,6 +480,75 @@ vacuum_queue(void)
 }
 
 /*
+ * Past this share of the cluster's NOTIFY queue, the worker stops
+ * notifying.  The queue fills when a session LISTENs and stops reading; once
+ * full, every NOTIFYing commit fails, and the worker's commit is what
+ * removes applied rows: invalidation would stop with it.  Half full leaves
+ * room for the application's own notifications.
+ */
+#define NOTIFY_QUEUE_MAX_USAGE 0.5
+
+static bool
+notify_queue_filling(void)
+{
+	LOCAL_FCINFO(fcinfo, 0);
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 0, InvalidOid, NULL, NULL);
+	return DatumGetFloat8(pg_notification_queue_usage(fcinfo)) > NOTIFY_QUEUE_MAX_USAGE;
+}
+
+/*
+ * notify = applied: NOTIFY entity_cache about each key and pattern of the
+ * batch, in the transaction that removes its rows, which commits only
+ * after Redis acknowledged them: a listener that reads Redis on a
+ * notification finds it clean.
+ */
+static void
+notify_applied(QueueRow *rows, int n)
+{
+	static bool said_skipping = false;
+	uint64		nkeys = 0;
+
+	if (ec_notify != EC_NOTIFY_APPLIED)
+		return;
+	for (int i = 0; i < n; i++)
+		if (rows[i].key != NULL)
+			nkeys++;
+	if (nkeys == 0)
+		return;
+	if (notify_queue_filling())
+	{
+		ec_count_notify_skipped(nkeys);
+		if (!said_skipping)
+			ereport(LOG,
+					(errmsg("entity_cache: the NOTIFY queue is more than %d%% full, not notifying applied keys until it drains",
+							(int) (NOTIFY_QUEUE_MAX_USAGE * 100)),
+					 errhint("A session LISTENs without reading its notifications; see pg_notification_queue_usage().")));
+		said_skipping = true;
+		return;
+	}
+	said_skipping = false;
+	for (int i = 0; i < n; i++)
+		if (rows[i].key != NULL)
+			ec_notify_send(rows[i].op, rows[i].key);
+}
+
+/*
+ * Open the queue, or return NULL if there is none.  Locking by OID before
+ * opening: a DROP EXTENSION that committed since the OID was looked up
+ * must end in "not installed", not in an ERROR that ends the worker.
+ */
+static Relation
+open_queue(void)
+{
+	Oid			relid = ec_queue_relid(true);
+
+	if (!OidIsValid(relid))
+		return NULL;
+	return try_table_open(relid, RowExclusiveLock);
+}
+
+/*
  * Apply one batch.  *drained_as_of is set (else left alone) when the batch
  * ends a pass over the whole table: every row visible to a snapshot taken
  * after the pass started has been seen by one of its batches, so
@@ -490,7 +562,6 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	QueueRow   *rows;
 	int			n;
 	bool		ok;
-	Oid			relid;
 	Relation	rel;
 
 	*napplied = 0;
@@ -504,13 +575,19 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 
-	relid = ec_queue_relid(true);
-	if (!OidIsValid(relid))
+	rel = open_queue();
+	if (rel == NULL)
 	{
 		CommitTransactionCommand();
 		return EC_DRAIN_NOT_INSTALLED;
 	}
-	rel = table_open(relid, RowExclusiveLock);
+	/* a new queue (DROP and CREATE EXTENSION): its TIDs start afresh */
+	if (RelationGetRelid(rel) != watermark_relid)
+	{
+		ItemPointerSetInvalid(&watermark);
+		watermark_relid = RelationGetRelid(rel);
+		pass_started = GetCurrentTimestamp();	/* still before the snapshot */
+	}
 	if (!ec_queue_shape_ok(RelationGetDescr(rel)))
 	{
 		table_close(rel, NoLock);
@@ -526,7 +603,10 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	n = fetch_rows(rel, batch_size, ec_mode == EC_MODE_REFRESH, &rows);
 	ok = (n == 0) || apply_rows(rows, n, err);
 	if (ok && n > 0)
+	{
 		delete_rows(rel, rows, n);
+		notify_applied(rows, n);
+	}
 	table_close(rel, NoLock);
 
 	if (ok && n == batch_size)
