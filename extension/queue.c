@@ -61,6 +61,7 @@ struct EcQueueWriter
 	Relation	rel;
 	CatalogIndexState indstate;	/* none, unless someone added an index */
 	TimestampTz now;
+	MemoryContext slot_cxt;		/* the slots, and the tuples they form */
 	MemoryContext cxt;			/* the buffered rows' values */
 	TupleTableSlot **slots;		/* EC_BUFFER_ROWS, made as needed */
 	int			nslots;			/* made so far */
@@ -245,6 +246,7 @@ ec_queue_open(void)
 						 "Reinstall: DROP EXTENSION entity_cache CASCADE; CREATE EXTENSION entity_cache; then watch() again.")));
 	w->indstate = CatalogOpenIndexes(w->rel);
 	w->now = GetCurrentTimestamp();
+	w->slot_cxt = CurrentMemoryContext;
 	w->cxt = AllocSetContextCreate(CurrentMemoryContext, "entity_cache queue rows",
 								   ALLOCSET_DEFAULT_SIZES);
 	w->slots = palloc(sizeof(TupleTableSlot *) * EC_BUFFER_ROWS);
@@ -371,8 +373,13 @@ ec_queue_add(EcQueueWriter *w, char op, const char *key, Oid relid,
 		return false;
 
 	if (w->nbuffered == w->nslots)
+	{
+		/* the caller may reset its context per row: not ours */
+		old = MemoryContextSwitchTo(w->slot_cxt);
 		w->slots[w->nslots++] = MakeSingleTupleTableSlot(RelationGetDescr(w->rel),
-														 &TTSOpsVirtual);
+														 &TTSOpsHeapTuple);
+		MemoryContextSwitchTo(old);
+	}
 	slot = w->slots[w->nbuffered++];
 	ExecClearTuple(slot);
 	values = slot->tts_values;
