@@ -161,8 +161,9 @@ ec_shmem_startup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
+/* where the worker connects */
 static void
-define_gucs(void)
+define_connection_gucs(void)
 {
 	DefineCustomStringVariable("entity_cache.database",
 							   "Database whose queue the entity_cache worker applies.",
@@ -191,7 +192,12 @@ define_gucs(void)
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
 							   NULL, NULL, show_redis_password);
+}
 
+/* how the worker applies the queue, and who notifies */
+static void
+define_apply_gucs(void)
+{
 	DefineCustomEnumVariable("entity_cache.mode",
 							 "delete: DEL changed keys; refresh: SET them to the row's JSON.",
 							 NULL,
@@ -252,8 +258,6 @@ define_gucs(void)
 							 PGC_USERSET,
 							 0,
 							 NULL, NULL, NULL);
-
-	MarkGUCPrefixReserved("entity_cache");
 }
 
 static void
@@ -286,7 +290,9 @@ wake_xact_callback(XactEvent event, void *arg)
 void
 _PG_init(void)
 {
-	define_gucs();
+	define_connection_gucs();
+	define_apply_gucs();
+	MarkGUCPrefixReserved("entity_cache");
 	ec_queue_xact_init();
 	RegisterXactCallback(wake_xact_callback, NULL);
 
