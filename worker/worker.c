@@ -324,7 +324,13 @@ pause_after_batch(TimestampTz batch_start, uint64 napplied)
 	if (delay_ms > 0)
 	{
 		wait_until(batch_start + (TimestampTz) (delay_ms * 1000.0));	/* in us */
-		/* commits during the pause left the latch set: take them now */
+
+		/*
+		 * Commits during the pause set the latch; the next batch, which
+		 * follows at once, takes them.  A commit after this reset sets it
+		 * again.
+		 */
+		ResetLatch(MyLatch);
 		return;
 	}
 	wait_for_commits(POLL_INTERVAL_MS);
