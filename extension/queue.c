@@ -63,8 +63,9 @@ struct EcQueueWriter
 	TimestampTz now;
 	MemoryContext slot_cxt;		/* the slots, and the tuples they form */
 	MemoryContext cxt;			/* the buffered rows' values */
-	TupleTableSlot **slots;		/* EC_BUFFER_ROWS, made as needed */
+	TupleTableSlot **slots;		/* made as needed, up to EC_BUFFER_ROWS */
 	int			nslots;			/* made so far */
+	int			maxslots;		/* room in slots[] */
 	int			nbuffered;
 	size_t		nbytes;
 };
@@ -249,20 +250,36 @@ ec_queue_open(void)
 	w->slot_cxt = CurrentMemoryContext;
 	w->cxt = AllocSetContextCreate(CurrentMemoryContext, "entity_cache queue rows",
 								   ALLOCSET_DEFAULT_SIZES);
-	w->slots = palloc(sizeof(TupleTableSlot *) * EC_BUFFER_ROWS);
+	/* most statements queue one row: grow the array only for those that don't */
+	w->maxslots = 8;
+	w->slots = palloc(sizeof(TupleTableSlot *) * w->maxslots);
 	w->nslots = 0;
 	w->nbuffered = 0;
 	w->nbytes = 0;
 	return w;
 }
 
-/* Write the buffered rows to the heap. */
+/*
+ * Write the buffered rows to the heap.  A single row (the single-row
+ * UPDATE, the common case) takes the plain insert: a multi-insert's set-up
+ * and WAL record are larger for one tuple.
+ */
 static void
 flush_rows(EcQueueWriter *w)
 {
 	if (w->nbuffered == 0)
 		return;
-	CatalogTuplesMultiInsertWithInfo(w->rel, w->slots, w->nbuffered, w->indstate);
+	if (w->nbuffered == 1)
+	{
+		TupleTableSlot *slot = w->slots[0];
+		HeapTuple	tuple = heap_form_tuple(RelationGetDescr(w->rel),
+											slot->tts_values, slot->tts_isnull);
+
+		CatalogTupleInsertWithInfo(w->rel, tuple, w->indstate);
+		heap_freetuple(tuple);
+	}
+	else
+		CatalogTuplesMultiInsertWithInfo(w->rel, w->slots, w->nbuffered, w->indstate);
 	for (int i = 0; i < w->nbuffered; i++)
 		ExecClearTuple(w->slots[i]);
 	MemoryContextReset(w->cxt);
@@ -376,6 +393,11 @@ ec_queue_add(EcQueueWriter *w, char op, const char *key, Oid relid,
 	{
 		/* the caller may reset its context per row: not ours */
 		old = MemoryContextSwitchTo(w->slot_cxt);
+		if (w->nslots == w->maxslots)
+		{
+			w->maxslots = Min(w->maxslots * 2, EC_BUFFER_ROWS);
+			w->slots = repalloc(w->slots, sizeof(TupleTableSlot *) * w->maxslots);
+		}
 		w->slots[w->nslots++] = MakeSingleTupleTableSlot(RelationGetDescr(w->rel),
 														 &TTSOpsHeapTuple);
 		MemoryContextSwitchTo(old);
