@@ -470,8 +470,11 @@ vacuum_queue(void)
 	stmt->is_vacuumcmd = true;
 	/* never wait behind autovacuum: if it holds the queue, it does the job */
 	stmt->options = list_make1(makeDefElem("skip_locked", NULL, -1));
-	stmt->rels = list_make1(makeVacuumRelation(makeRangeVar(EC_SCHEMA, EC_QUEUE, -1),
-											   InvalidOid, NIL));
+	/*
+	 * By OID, as autovacuum does: a queue dropped since the check above is
+	 * then skipped silently instead of failing the worker by name.
+	 */
+	stmt->rels = list_make1(makeVacuumRelation(NULL, relid, NIL));
 	pgstat_report_activity(STATE_RUNNING, "VACUUM entity_cache.queue");
 	ExecVacuum(pstate, stmt, true);
 	CommitTransactionCommand();
