@@ -358,6 +358,14 @@ main(int argc, char **argv)
 	printf("updates: %ld measured (after %.0fs warm-up) in %.1fs: %.1f/s achieved, target %.0f/s, %d writer connections\n",
 		   n, warmup, t_end - t_start - warmup,
 		   (nsamples_max - skipped - (double) measured_from) / (t_end - t_start - warmup), rate, nwriters);
+	/* with no warm-up, the first update: what a cold start costs */
+	if (measured_from == 0 && samples[0].id != 0)
+	{
+		double		g = atomic_load(&samples[0].t_gone);
+
+		printf("first update: commit returned -> key gone %.3f ms\n",
+			   g == 0 ? INFINITY : (g - samples[0].t_commit) * 1e3);
+	}
 	report("commit returned -> key gone", lat, n);
 	report("UPDATE sent -> key gone", lat_sent, n);
 	report("UPDATE round trip (for reference)", upd, n);

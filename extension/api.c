@@ -485,6 +485,7 @@ entity_cache_sync(PG_FUNCTION_ARGS)
 #define EC_STATUS_DATABASE 8
 #define EC_STATUS_WORKER_NOTE 9
 #define EC_STATUS_REFRESH_FAILED 13
+#define EC_STATUS_NOTIFY_SKIPPED 12
 
 /* _status(): the row behind the entity_cache.status view. */
 Datum
@@ -516,7 +517,8 @@ entity_cache_status(PG_FUNCTION_ARGS)
 		bool		connected;
 		uint64		applied,
 					errors,
-					refresh_failed;
+					refresh_failed,
+					notify_skipped;
 		TimestampTz err_at;
 		char		err[EC_LAST_ERROR_LEN];
 
@@ -526,6 +528,7 @@ entity_cache_status(PG_FUNCTION_ARGS)
 		refresh_failed = ec_shared->refresh_failed;
 		applied = ec_shared->applied_total;
 		errors = ec_shared->errors_total;
+		notify_skipped = ec_shared->notify_skipped;
 		err_at = ec_shared->last_error_at;
 		memcpy(err, ec_shared->last_error, sizeof(err));
 		SpinLockRelease(&ec_shared->mutex);
@@ -549,6 +552,8 @@ entity_cache_status(PG_FUNCTION_ARGS)
 		nulls[4] = false;
 		values[5] = Int64GetDatum((int64) errors);
 		nulls[5] = false;
+		values[EC_STATUS_NOTIFY_SKIPPED] = Int64GetDatum((int64) notify_skipped);
+		nulls[EC_STATUS_NOTIFY_SKIPPED] = false;
 		if (err_at != 0)
 		{
 			values[6] = CStringGetTextDatum(err);

@@ -7,8 +7,9 @@
  *
  * Arguments are the key templates.  INSERT queues the keys of the new rows,
  * DELETE those of the old rows, UPDATE both (so a changed key column
- * invalidates the old key and the new), TRUNCATE a flush of each template's
- * pattern.
+ * invalidates the old key and the new) unless the UPDATE sets no template
+ * column (then old and new keys are the same: the new rows alone), TRUNCATE
+ * a flush of each template's pattern.
  *
  *-------------------------------------------------------------------------
  */
@@ -16,7 +17,9 @@
 
 #include "keys.h"
 
+#include "access/sysattr.h"
 #include "commands/trigger.h"
+#include "nodes/bitmapset.h"
 #include "executor/executor.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
@@ -57,8 +60,9 @@ slot_value(void *arg, AttrNumber attnum)
 
 /*
  * Queue the keys of every row of the given transition tables (an UPDATE
- * has two: the old rows and the new ones, so a changed key column queues
- * both keys; an unchanged one is queued once, by the dedup in queue.c).
+ * that may change keys passes two: the old rows and the new ones, so a
+ * changed key column queues both keys; an unchanged one is queued once, by
+ * the dedup in queue.c).
  */
 static void
 capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate **stores, int nstores,
@@ -131,6 +135,34 @@ capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate **stores, int nstor
 	MemoryContextDelete(rowcxt);
 }
 
+/*
+ * May the old rows of this UPDATE have other keys than its new rows?  Only
+ * if it sets a column some template reads (tg_updatedcols; generated
+ * columns included), or if a BEFORE ROW UPDATE trigger could change any
+ * column behind the statement's back.  Not reading the old rows halves a
+ * bulk UPDATE's rendering.
+ */
+static bool
+update_may_change_keys(TriggerData *td, EcBoundTemplate *bts, int nbts)
+{
+	TriggerDesc *trigdesc = td->tg_relation->trigdesc;
+
+	if (td->tg_updatedcols == NULL ||
+		(trigdesc != NULL && trigdesc->trig_update_before_row))
+		return true;
+	for (int i = 0; i < nbts; i++)
+	{
+		if (!bts[i].complete)
+			return true;
+		for (int p = 0; p < bts[i].parsed.nparts; p++)
+			if (bts[i].attnums[p] != 0 &&
+				bms_is_member(bts[i].attnums[p] - FirstLowInvalidHeapAttributeNumber,
+							  td->tg_updatedcols))
+				return true;
+	}
+	return false;
+}
+
 Datum
 entity_cache_capture(PG_FUNCTION_ARGS)
 {
@@ -194,7 +226,9 @@ entity_cache_capture(PG_FUNCTION_ARGS)
 		Tuplestorestate *stores[2];
 		int			nstores = 0;
 
-		if (td->tg_oldtable)
+		if (td->tg_oldtable &&
+			!(TRIGGER_FIRED_BY_UPDATE(td->tg_event) && td->tg_newtable &&
+			  !update_may_change_keys(td, bts, trig->tgnargs)))
 			stores[nstores++] = td->tg_oldtable;
 		if (td->tg_newtable)
 			stores[nstores++] = td->tg_newtable;

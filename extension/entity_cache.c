@@ -2,7 +2,8 @@
  *
  * entity_cache.c
  *	  Module entry point: GUCs, the shared-memory segment, the background
- *	  worker's registration and the after-commit wake-up.
+ *	  worker's registration and the after-commit wake-up (its one home:
+ *	  whoever queues rows asks for it, this file decides and sets the latch).
  *
  *-------------------------------------------------------------------------
  */
@@ -33,7 +34,7 @@ int			ec_ttl = 300;
 int			ec_batch_size = 1000;
 int			ec_redis_timeout_ms = 2000;
 double		ec_batch_delay_ms = 1.0;
-bool		ec_notify = true;
+int			ec_notify = EC_NOTIFY_APPLIED;
 
 EcShared   *ec_shared = NULL;
 
@@ -45,6 +46,27 @@ static const struct config_enum_entry mode_options[] = {
 	{"refresh", EC_MODE_REFRESH, false},
 	{NULL, 0, false}
 };
+
+/*
+ * on/true mean applied: in 1.0, on meant "notify", and the listener that
+ * asked for that wants to hear of a key once it is safe to refill it.
+ */
+static const struct config_enum_entry notify_options[] = {
+	{"applied", EC_NOTIFY_APPLIED, false},
+	{"commit", EC_NOTIFY_COMMIT, false},
+	{"off", EC_NOTIFY_OFF, false},
+	{"on", EC_NOTIFY_APPLIED, true},
+	{"true", EC_NOTIFY_APPLIED, true},
+	{"yes", EC_NOTIFY_APPLIED, true},
+	{"1", EC_NOTIFY_APPLIED, true},
+	{"false", EC_NOTIFY_OFF, true},
+	{"no", EC_NOTIFY_OFF, true},
+	{"0", EC_NOTIFY_OFF, true},
+	{NULL, 0, false}
+};
+
+/* set by ec_request_wake_at_commit(), acted on by wake_xact_callback() */
+static bool wake_at_commit = false;
 
 void		_PG_init(void);
 
@@ -140,8 +162,9 @@ ec_shmem_startup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
+/* where the worker connects */
 static void
-define_gucs(void)
+define_connection_gucs(void)
 {
 	DefineCustomStringVariable("entity_cache.database",
 							   "Database whose queue the entity_cache worker applies.",
@@ -170,7 +193,12 @@ define_gucs(void)
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
 							   NULL, NULL, show_redis_password);
+}
 
+/* how the worker applies the queue, and who notifies */
+static void
+define_apply_gucs(void)
+{
 	DefineCustomEnumVariable("entity_cache.mode",
 							 "delete: DEL changed keys; refresh: SET them to the row's JSON.",
 							 NULL,
@@ -209,26 +237,28 @@ define_gucs(void)
 							NULL, NULL, NULL);
 
 	DefineCustomRealVariable("entity_cache.batch_delay",
-							"Least time between the starts of two batches.",
-							"Under a stream of commits, one round trip then carries the keys of many "
-							"of them instead of one or two each; an idle worker still starts at once. "
-							"After a batch of 8 keys or more, the worker waits three times as long.",
+							"Least time between the starts of two batches under load.",
+							"After a batch of fewer than 4 keys the worker takes the next commit at once; "
+							"after 4 to 7 keys it waits batch_delay, after 8 or more three times as long, "
+							"so that under a stream of commits one round trip carries the keys of many.",
 							&ec_batch_delay_ms,
 							1.0, 0, 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
-	DefineCustomBoolVariable("entity_cache.notify",
-							 "Also NOTIFY entity_cache, '<key>' at commit.",
-							 "For application instances that keep in-process caches.",
+	DefineCustomEnumVariable("entity_cache.notify",
+							 "Who sends NOTIFY entity_cache, '<key>': applied, commit or off.",
+							 "applied (on): the worker, once Redis applied the key; commit: the writer, "
+							 "at its commit (before Redis is clean); off: nobody.  The worker follows "
+							 "the server's (or database's) setting, a session's SET only decides "
+							 "whether that session notifies at commit.",
 							 &ec_notify,
-							 true,
+							 EC_NOTIFY_APPLIED,
+							 notify_options,
 							 PGC_USERSET,
 							 0,
 							 NULL, NULL, NULL);
-
-	MarkGUCPrefixReserved("entity_cache");
 }
 
 static void
@@ -248,12 +278,25 @@ register_worker(void)
 	RegisterBackgroundWorker(&worker);
 }
 
+static void
+wake_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT && wake_at_commit)
+		ec_wake_worker();
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PREPARE)
+		wake_at_commit = false;
+}
+
 void
 _PG_init(void)
 {
-	define_gucs();
+	define_connection_gucs();
+	define_apply_gucs();
+	MarkGUCPrefixReserved("entity_cache");
 	ec_queue_xact_init();
 	ec_utility_init();
+	RegisterXactCallback(wake_xact_callback, NULL);
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
@@ -267,8 +310,21 @@ _PG_init(void)
 }
 
 /*
- * Called after a commit that queued rows.  Without preloading there is no
- * worker to wake; the queue then waits for one.
+ * The worker has something to do once this transaction commits: rows were
+ * queued.  (A rolled-back subtransaction may leave a wake-up with nothing
+ * to do: one spare batch.)  A prepared transaction's commit happens
+ * elsewhere; the worker's poll finds its rows.
+ */
+void
+ec_request_wake_at_commit(void)
+{
+	wake_at_commit = true;
+}
+
+/*
+ * Set the worker's latch: after a commit that queued rows, or for sync().
+ * Without preloading there is no worker to wake; the queue then waits for
+ * one.
  */
 void
 ec_wake_worker(void)

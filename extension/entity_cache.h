@@ -37,6 +37,19 @@ typedef enum EcMode
 	EC_MODE_REFRESH
 } EcMode;
 
+/* entity_cache.notify: who sends NOTIFY entity_cache, and when */
+typedef enum EcNotify
+{
+	EC_NOTIFY_OFF,
+	EC_NOTIFY_APPLIED,			/* the worker, once Redis applied the key */
+	EC_NOTIFY_COMMIT			/* the writer, at its commit */
+} EcNotify;
+
+/* payload prefix of a flush pattern (see ec_notify_payload) */
+#define EC_NOTIFY_FLUSH_PREFIX "flush:"
+/* payload prefix of a key that would otherwise read as a pattern */
+#define EC_NOTIFY_KEY_PREFIX "key:"
+
 /* GUCs (entity_cache.c) */
 extern char *ec_database;
 extern char *ec_redis_url;
@@ -46,7 +59,7 @@ extern int	ec_ttl;
 extern int	ec_batch_size;
 extern int	ec_redis_timeout_ms;
 extern double ec_batch_delay_ms;
-extern bool ec_notify;
+extern int	ec_notify;
 
 #define EC_LAST_ERROR_LEN 512
 
@@ -66,6 +79,7 @@ typedef struct EcShared
 	bool		said_missing;	/* ... and the log said so once */
 	TimestampTz last_error_at;
 	char		last_error[EC_LAST_ERROR_LEN];
+	uint64		notify_skipped;	/* notifications not sent (queue filling, too long) */
 	ConditionVariable applied_cv;	/* broadcast after each applied batch */
 } EcShared;
 
@@ -77,6 +91,7 @@ extern bool ec_database_served(const char **why);
 
 /* utility.c */
 extern void ec_utility_init(void);
+extern void ec_request_wake_at_commit(void);
 
 /* queue.c */
 extern Oid	ec_queue_relid(bool missing_ok);
@@ -87,6 +102,8 @@ extern bool ec_queue_add(EcQueueWriter *w, char op, const char *key,
 						 Oid relid, const char *template, Datum vals, bool vals_null);
 extern void ec_queue_close(EcQueueWriter *w);
 extern void ec_queue_xact_init(void);
+extern void ec_notify_send(char op, const char *key);
+extern void ec_count_notify_skipped(uint64 n);
 
 /* worker/worker.c */
 extern PGDLLEXPORT void entity_cache_worker_main(Datum main_arg);

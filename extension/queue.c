@@ -8,8 +8,10 @@
  * way the catalog code inserts) instead of through SPI: no parse, no plan,
  * no executor start-up per statement, and no privilege check, which is what
  * lets writers of a watched table queue keys without any right on the queue.
- * The queue has no index and no sequence (see entity_cache--1.0.sql): each
- * row costs one heap insert and its WAL record.
+ * The queue has no index and no sequence (see entity_cache--1.0.sql).  Rows
+ * are buffered and written with one multi-insert per page-full, as COPY
+ * does: a statement that changes 200,000 rows then costs a few thousand heap
+ * calls and WAL records instead of 200,000.
  *
  * A key already queued by the same transaction is not queued again.  The
  * dedup table remembers which subtransaction queued each key, so that a
@@ -23,13 +25,16 @@
 #include "entity_cache.h"
 
 #include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
+#include "executor/tuptable.h"
 #include "common/hashfn.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -47,11 +52,22 @@
 /* async.c's limit; a longer payload would make NOTIFY fail the write */
 #define EC_NOTIFY_PAYLOAD_MAX (BLCKSZ - NAMEDATALEN - 128)
 
+/* flush the buffered rows at this many, or this many bytes (as COPY does) */
+#define EC_BUFFER_ROWS 1000
+#define EC_BUFFER_BYTES 65535
+
 struct EcQueueWriter
 {
 	Relation	rel;
 	CatalogIndexState indstate;	/* none, unless someone added an index */
 	TimestampTz now;
+	MemoryContext slot_cxt;		/* the slots, and the tuples they form */
+	MemoryContext cxt;			/* the buffered rows' values */
+	TupleTableSlot **slots;		/* made as needed, up to EC_BUFFER_ROWS */
+	int			nslots;			/* made so far */
+	int			maxslots;		/* room in slots[] */
+	int			nbuffered;
+	size_t		nbytes;
 };
 
 typedef struct QueuedKey
@@ -70,7 +86,6 @@ static SubTransactionId first_subid = InvalidSubTransactionId;
 static MemoryContext xact_cxt = NULL;
 static HTAB *queued_keys = NULL;
 static SubTransactionId max_subid = InvalidSubTransactionId;
-static bool xact_queued = false;
 
 static uint32
 queued_key_hash(const void *key, Size keysize)
@@ -94,7 +109,6 @@ reset_xact_state(void)
 	xact_cxt = NULL;
 	queued_keys = NULL;
 	max_subid = InvalidSubTransactionId;
-	xact_queued = false;
 }
 
 static void
@@ -103,10 +117,6 @@ ec_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
-			if (xact_queued)
-				ec_wake_worker();
-			reset_xact_state();
-			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
 		case XACT_EVENT_PARALLEL_COMMIT:
@@ -237,12 +247,53 @@ ec_queue_open(void)
 						 "Reinstall: DROP EXTENSION entity_cache CASCADE; CREATE EXTENSION entity_cache; then watch() again.")));
 	w->indstate = CatalogOpenIndexes(w->rel);
 	w->now = GetCurrentTimestamp();
+	w->slot_cxt = CurrentMemoryContext;
+	w->cxt = AllocSetContextCreate(CurrentMemoryContext, "entity_cache queue rows",
+								   ALLOCSET_DEFAULT_SIZES);
+	/* most statements queue one row: grow the array only for those that don't */
+	w->maxslots = 8;
+	w->slots = palloc(sizeof(TupleTableSlot *) * w->maxslots);
+	w->nslots = 0;
+	w->nbuffered = 0;
+	w->nbytes = 0;
 	return w;
+}
+
+/*
+ * Write the buffered rows to the heap.  A single row (the single-row
+ * UPDATE, the common case) takes the plain insert: a multi-insert's set-up
+ * and WAL record are larger for one tuple.
+ */
+static void
+flush_rows(EcQueueWriter *w)
+{
+	if (w->nbuffered == 0)
+		return;
+	if (w->nbuffered == 1)
+	{
+		TupleTableSlot *slot = w->slots[0];
+		HeapTuple	tuple = heap_form_tuple(RelationGetDescr(w->rel),
+											slot->tts_values, slot->tts_isnull);
+
+		CatalogTupleInsertWithInfo(w->rel, tuple, w->indstate);
+		heap_freetuple(tuple);
+	}
+	else
+		CatalogTuplesMultiInsertWithInfo(w->rel, w->slots, w->nbuffered, w->indstate);
+	for (int i = 0; i < w->nbuffered; i++)
+		ExecClearTuple(w->slots[i]);
+	MemoryContextReset(w->cxt);
+	w->nbuffered = 0;
+	w->nbytes = 0;
 }
 
 void
 ec_queue_close(EcQueueWriter *w)
 {
+	flush_rows(w);
+	for (int i = 0; i < w->nslots; i++)
+		ExecDropSingleTupleTableSlot(w->slots[i]);
+	MemoryContextDelete(w->cxt);
 	CatalogCloseIndexes(w->indstate);
 	/* keep the lock until the end of the transaction, as the executor does */
 	table_close(w->rel, NoLock);
@@ -329,14 +380,36 @@ bool
 ec_queue_add(EcQueueWriter *w, char op, const char *key, Oid relid,
 			 const char *template, Datum vals, bool vals_null)
 {
-	Datum		values[Natts_ec_queue];
-	bool		nulls[Natts_ec_queue];
-	HeapTuple	tuple;
+	TupleTableSlot *slot;
+	Datum	   *values;
+	bool	   *nulls;
+	MemoryContext old;
+	size_t		keylen;
 
 	if (!remember_key(op, key))
 		return false;
 
-	memset(nulls, false, sizeof(nulls));
+	if (w->nbuffered == w->nslots)
+	{
+		/* the caller may reset its context per row: not ours */
+		old = MemoryContextSwitchTo(w->slot_cxt);
+		if (w->nslots == w->maxslots)
+		{
+			w->maxslots = Min(w->maxslots * 2, EC_BUFFER_ROWS);
+			w->slots = repalloc(w->slots, sizeof(TupleTableSlot *) * w->maxslots);
+		}
+		w->slots[w->nslots++] = MakeSingleTupleTableSlot(RelationGetDescr(w->rel),
+														 &TTSOpsHeapTuple);
+		MemoryContextSwitchTo(old);
+	}
+	slot = w->slots[w->nbuffered++];
+	ExecClearTuple(slot);
+	values = slot->tts_values;
+	nulls = slot->tts_isnull;
+
+	/* the values live until flush_rows() writes them */
+	old = MemoryContextSwitchTo(w->cxt);
+	memset(nulls, false, sizeof(bool) * Natts_ec_queue);
 	values[Anum_ec_queue_op - 1] = CharGetDatum(op);
 	values[Anum_ec_queue_key - 1] = CStringGetTextDatum(key);
 	values[Anum_ec_queue_relid - 1] = ObjectIdGetDatum(relid);
@@ -345,19 +418,79 @@ ec_queue_add(EcQueueWriter *w, char op, const char *key, Oid relid,
 		values[Anum_ec_queue_template - 1] = CStringGetTextDatum(template);
 	else
 		nulls[Anum_ec_queue_template - 1] = true;
-	values[Anum_ec_queue_vals - 1] = vals;
+	values[Anum_ec_queue_vals - 1] = vals_null ? (Datum) 0 : datumCopy(vals, false, -1);
 	nulls[Anum_ec_queue_vals - 1] = vals_null;
 	values[Anum_ec_queue_queued_at - 1] = TimestampTzGetDatum(w->now);
+	MemoryContextSwitchTo(old);
+	ExecStoreVirtualTuple(slot);
 
-	tuple = heap_form_tuple(RelationGetDescr(w->rel), values, nulls);
-	CatalogTupleInsertWithInfo(w->rel, tuple, w->indstate);
-	heap_freetuple(tuple);
-	pfree(DatumGetPointer(values[Anum_ec_queue_key - 1]));
+	keylen = strlen(key);
+	w->nbytes += keylen + (template ? strlen(template) : 0) +
+		(vals_null ? 0 : VARSIZE_ANY(DatumGetPointer(vals))) + 64;
+	if (w->nbuffered == EC_BUFFER_ROWS || w->nbytes >= EC_BUFFER_BYTES)
+		flush_rows(w);
 
-	xact_queued = true;
+	ec_request_wake_at_commit();
 
-	if (ec_notify && strlen(key) < EC_NOTIFY_PAYLOAD_MAX)
-		Async_Notify(EC_NOTIFY_CHANNEL, key);
+	if (ec_notify == EC_NOTIFY_COMMIT)
+		ec_notify_send(op, key);
 
 	return true;
+}
+
+/*
+ * Count notifications that were not sent, for entity_cache.status.  Without
+ * preloading there is no shared memory to count in.
+ */
+void
+ec_count_notify_skipped(uint64 n)
+{
+	if (ec_shared == NULL || n == 0)
+		return;
+	SpinLockAcquire(&ec_shared->mutex);
+	ec_shared->notify_skipped += n;
+	SpinLockRelease(&ec_shared->mutex);
+}
+
+/*
+ * NOTIFY entity_cache about one queued key or flush pattern, in the current
+ * transaction: sent at its commit.  The writer calls this with notify =
+ * commit, the worker with notify = applied.
+ *
+ * A listener must be able to tell a key from a pattern, and keys are any
+ * text.  So a pattern is sent as "flush:<pattern>", and a key that begins
+ * with "flush:" or "key:" is sent as "key:<key>"; every other key is sent
+ * as it is.  A listener reads a payload as: "flush:" -> a pattern (Redis
+ * glob) whose keys are gone; "key:" -> the key after the prefix; anything
+ * else -> the key.
+ *
+ * A payload longer than NOTIFY accepts would fail the transaction: it is
+ * not sent, and counted.
+ */
+void
+ec_notify_send(char op, const char *key)
+{
+	size_t		len = strlen(key);
+	const char *prefix = "";
+	char	   *payload;
+
+	if (op == EC_OP_FLUSH)
+		prefix = EC_NOTIFY_FLUSH_PREFIX;
+	else if (strncmp(key, EC_NOTIFY_FLUSH_PREFIX, strlen(EC_NOTIFY_FLUSH_PREFIX)) == 0 ||
+			 strncmp(key, EC_NOTIFY_KEY_PREFIX, strlen(EC_NOTIFY_KEY_PREFIX)) == 0)
+		prefix = EC_NOTIFY_KEY_PREFIX;
+
+	if (len + strlen(prefix) >= EC_NOTIFY_PAYLOAD_MAX)
+	{
+		ec_count_notify_skipped(1);
+		return;
+	}
+	if (prefix[0] == '\0')
+	{
+		Async_Notify(EC_NOTIFY_CHANNEL, key);
+		return;
+	}
+	payload = psprintf("%s%s", prefix, key);
+	Async_Notify(EC_NOTIFY_CHANNEL, payload);
+	pfree(payload);
 }

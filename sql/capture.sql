@@ -143,3 +143,33 @@ SELECT count(*) FROM take_queue();
 -- UPDATE that matches no row queues nothing
 UPDATE app.entity SET label = 'none' WHERE code = 'nope';
 SELECT * FROM queued;
+
+-- an UPDATE that sets no template column renders each key once, from the
+-- new rows; a BEFORE ROW trigger that changes the key column behind the
+-- statement's back still queues the old key and the new one
+INSERT INTO app.entity (code, label) VALUES ('k1', 'x'), ('k2', 'x');
+SELECT count(*) FROM take_queue();
+UPDATE app.entity SET label = 'y' WHERE code IN ('k1', 'k2');
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+CREATE FUNCTION app.rekey() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.code := NEW.code || '_re';
+    RETURN NEW;
+END $$;
+CREATE TRIGGER rekey BEFORE UPDATE ON app.entity
+    FOR EACH ROW WHEN (NEW.label = 'rekey') EXECUTE FUNCTION app.rekey();
+UPDATE app.entity SET label = 'rekey' WHERE code = 'k1';
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+DROP TRIGGER rekey ON app.entity;
+DROP FUNCTION app.rekey();
+-- a generated column in a template: setting its source sets it too
+CREATE TABLE app.gen (id int PRIMARY KEY, base text, slug text GENERATED ALWAYS AS (lower(base)) STORED);
+SELECT entity_cache.watch('app.gen', 'gen:{slug}');
+INSERT INTO app.gen (id, base) VALUES (1, 'A');
+SELECT count(*) FROM take_queue();
+UPDATE app.gen SET base = 'B' WHERE id = 1;
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+DROP TABLE app.gen;

@@ -24,6 +24,28 @@ SET entity_cache.mode = 'refresh';
 SET entity_cache.database = 'other';
 SET entity_cache.no_such_setting = 1;
 
+-- entity_cache.notify: applied (the default), commit, off; on/true mean
+-- applied, false means off; anything else is refused with the list
+SHOW entity_cache.notify;
+SET entity_cache.notify = 'sometimes';
+SET entity_cache.notify = '';
+SET entity_cache.notify = 2;
+SET entity_cache.notify = commit;
+SHOW entity_cache.notify;
+SET entity_cache.notify = on;
+SHOW entity_cache.notify;
+SET entity_cache.notify = off;
+SHOW entity_cache.notify;
+SET entity_cache.notify = true;
+SHOW entity_cache.notify;
+SET entity_cache.notify = false;
+SHOW entity_cache.notify;
+SET entity_cache.notify = 'APPLIED';
+SHOW entity_cache.notify;
+ALTER SYSTEM SET entity_cache.notify = 'never';
+SELECT enumvals FROM pg_settings WHERE name = 'entity_cache.notify';
+RESET entity_cache.notify;
+
 -- good values are accepted (and then put back)
 ALTER SYSTEM SET entity_cache.redis_url = 'redis://app:p%40ss@cache.internal:6380/2';
 ALTER SYSTEM SET entity_cache.redis_url = 'redis://[::1]:6379';

@@ -58,7 +58,7 @@ SELECT count(*) FROM pg_trigger WHERE tgrelid = 'app.globby'::regclass;
 SELECT * FROM entity_cache.watched WHERE relid = 'app.globby'::regclass;
 
 -- long keys are fine (NOTIFY is skipped for payloads it cannot carry)
-SET entity_cache.notify = on;
+SET entity_cache.notify = commit;
 INSERT INTO app.tmpl VALUES (4, repeat('k', 524288), 'long', NULL);
 SELECT length(key) FROM queued ORDER BY 1;
 SELECT count(*) FROM take_queue();

@@ -21,6 +21,7 @@
 
 #include "access/heapam.h"
 #include "access/tableam.h"
+#include "access/table.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/vacuum.h"
@@ -34,6 +35,7 @@
 #include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -91,6 +93,7 @@ static MemoryContext batch_cxt = NULL;
  * beginning.
  */
 static ItemPointerData watermark;
+static Oid	watermark_relid = InvalidOid;	/* the queue it is a TID of */
 
 /* when the pass that the watermark is part of started */
 static TimestampTz pass_started = 0;
@@ -540,13 +543,85 @@ vacuum_queue(void)
 	stmt->is_vacuumcmd = true;
 	/* never wait behind autovacuum: if it holds the queue, it does the job */
 	stmt->options = list_make1(makeDefElem("skip_locked", NULL, -1));
-	stmt->rels = list_make1(makeVacuumRelation(makeRangeVar(EC_SCHEMA, EC_QUEUE, -1),
-											   InvalidOid, NIL));
+	/*
+	 * By OID, as autovacuum does: a queue dropped since the check above is
+	 * then skipped silently instead of failing the worker by name.
+	 */
+	stmt->rels = list_make1(makeVacuumRelation(NULL, relid, NIL));
 	pgstat_report_activity(STATE_RUNNING, "VACUUM entity_cache.queue");
 	ExecVacuum(pstate, stmt, true);
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
 	removed_since_vacuum = 0;
+}
+
+/*
+ * Past this share of the cluster's NOTIFY queue, the worker stops
+ * notifying.  The queue fills when a session LISTENs and stops reading; once
+ * full, every NOTIFYing commit fails, and the worker's commit is what
+ * removes applied rows: invalidation would stop with it.  Half full leaves
+ * room for the application's own notifications.
+ */
+#define NOTIFY_QUEUE_MAX_USAGE 0.5
+
+static bool
+notify_queue_filling(void)
+{
+	LOCAL_FCINFO(fcinfo, 0);
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 0, InvalidOid, NULL, NULL);
+	return DatumGetFloat8(pg_notification_queue_usage(fcinfo)) > NOTIFY_QUEUE_MAX_USAGE;
+}
+
+/*
+ * notify = applied: NOTIFY entity_cache about each key and pattern of the
+ * batch, in the transaction that removes its rows, which commits only
+ * after Redis acknowledged them: a listener that reads Redis on a
+ * notification finds it clean.
+ */
+static void
+notify_applied(QueueRow *rows, int n)
+{
+	static bool said_skipping = false;
+	uint64		nkeys = 0;
+
+	if (ec_notify != EC_NOTIFY_APPLIED)
+		return;
+	for (int i = 0; i < n; i++)
+		if (rows[i].key != NULL)
+			nkeys++;
+	if (nkeys == 0)
+		return;
+	if (notify_queue_filling())
+	{
+		ec_count_notify_skipped(nkeys);
+		if (!said_skipping)
+			ereport(LOG,
+					(errmsg("entity_cache: the NOTIFY queue is more than %d%% full, not notifying applied keys until it drains",
+							(int) (NOTIFY_QUEUE_MAX_USAGE * 100)),
+					 errhint("A session LISTENs without reading its notifications; see pg_notification_queue_usage().")));
+		said_skipping = true;
+		return;
+	}
+	said_skipping = false;
+	for (int i = 0; i < n; i++)
+		if (rows[i].key != NULL)
+			ec_notify_send(rows[i].op, rows[i].key);
+}
+
+/*
+ * Open the queue, or return NULL if there is none.  Locking by OID before
+ * opening: a DROP EXTENSION that committed since the OID was looked up
+ * must end in "not installed", not in an ERROR that ends the worker.
+ */
+static Relation
+open_queue(void)
+{
+	Oid			relid = ec_queue_relid(true);
+
+	if (!OidIsValid(relid))
+		return NULL;
+	return try_table_open(relid, RowExclusiveLock);
 }
 
 /*
@@ -563,7 +638,6 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	QueueRow   *rows;
 	int			n;
 	bool		ok;
-	Oid			relid;
 	Relation	rel;
 
 	*napplied = 0;
@@ -577,13 +651,18 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 
-	/* a DROP EXTENSION may remove the queue between the lookup and the open */
-	relid = ec_queue_relid(true);
-	rel = OidIsValid(relid) ? try_table_open(relid, RowExclusiveLock) : NULL;
+	rel = open_queue();
 	if (rel == NULL)
 	{
 		CommitTransactionCommand();
 		return EC_DRAIN_NOT_INSTALLED;
+	}
+	/* a new queue (DROP and CREATE EXTENSION): its TIDs start afresh */
+	if (RelationGetRelid(rel) != watermark_relid)
+	{
+		ItemPointerSetInvalid(&watermark);
+		watermark_relid = RelationGetRelid(rel);
+		pass_started = GetCurrentTimestamp();	/* still before the snapshot */
 	}
 	if (!ec_queue_shape_ok(RelationGetDescr(rel)))
 	{
@@ -600,7 +679,10 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	n = fetch_rows(rel, batch_size, ec_mode == EC_MODE_REFRESH, &rows);
 	ok = (n == 0) || apply_rows(rows, n, err);
 	if (ok && n > 0)
+	{
 		delete_rows(rel, rows, n);
+		notify_applied(rows, n);
+	}
 	table_close(rel, NoLock);
 
 	if (ok && n == batch_size)

@@ -47,12 +47,35 @@
 #define BACKOFF_MAX_MS 5000
 
 /*
- * A batch of this many keys or more (about 8,000 commits a second at the
- * default batch_delay) stretches the delay before the next batch by this
- * factor.  Below it, latency wins; above it, fewer and larger batches.
+ * The pause after a batch follows the load.  A batch of fewer than
+ * SMALL_BATCH keys means commits are sparse: the next one is taken at once,
+ * which is what keeps latency low at a modest rate.  From SMALL_BATCH keys
+ * on the worker waits batch_delay, from BUSY_BATCH keys (about 8,000 commits
+ * a second at the default) BUSY_DELAY_FACTOR times as long: under heavy
+ * writing fewer and larger batches, since each batch is a transaction of
+ * the worker's that takes CPU from the writers.
  */
+#define SMALL_BATCH 4
 #define BUSY_BATCH 8
 #define BUSY_DELAY_FACTOR 3
+
+/*
+ * Waits that must not end at each commit (the pause, the backoff) leave
+ * the latch out and wake at least this often to see a SIGTERM or a reload
+ * (the postmaster's death ends any wait at once).
+ */
+#define RESPONSIVE_MS 10
+
+/* what the main loop carries from one batch to the next */
+typedef struct WorkerState
+{
+	char	   *url;			/* the connection's settings, to notice a change */
+	char	   *password;
+	int			timeout_ms;
+	long		backoff;		/* current reconnection backoff, ms */
+	bool		said_not_installed;
+	StringInfoData err;
+} WorkerState;
 
 static void
 set_connected(bool connected)
@@ -126,8 +149,13 @@ worker_attach(void)
 	before_shmem_exit(worker_detach, (Datum) 0);
 }
 
+/*
+ * Wait for a commit (our latch) or ms, whichever comes first.  The latch is
+ * reset after the wait, before the batch that follows: a commit during the
+ * batch sets it again and the next wait ends at once.
+ */
 static void
-wait_ms(long ms)
+wait_for_commits(long ms)
 {
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					 ms, PG_WAIT_EXTENSION);
@@ -136,25 +164,37 @@ wait_ms(long ms)
 }
 
 /*
- * Wait out a reconnection backoff.  Every committing writer sets our latch,
- * so a plain wait_ms() would end at the next commit and turn a burst of
- * writes into a burst of connection attempts against a Redis that is down
- * or stalled.  Only the deadline, a config reload (a new URL or password
- * deserves a prompt retry) or an interrupt end this wait.
+ * Wait until deadline whatever commits do: every committing writer sets
+ * our latch, so a wait on it would end at the next commit, turning a
+ * reconnection backoff into a burst of connection attempts or a batch pause
+ * into a busy loop.  The latch stays set for the wait that follows.  A
+ * config reload (a new URL or password deserves a prompt retry) or an
+ * interrupt ends it early.
  */
+static void
+wait_until(TimestampTz deadline)
+{
+	while (!ConfigReloadPending)
+	{
+		long		left_us;
+		long		secs;
+		int			usecs;
+
+		TimestampDifference(GetCurrentTimestamp(), deadline, &secs, &usecs);
+		left_us = secs * 1000000L + usecs;
+		if (left_us <= 0)
+			break;
+		/* WaitLatch counts in ms: round up, a pause is never cut short */
+		(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Min((left_us + 999) / 1000, RESPONSIVE_MS), PG_WAIT_EXTENSION);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
 static void
 backoff_wait(long ms)
 {
-	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
-
-	while (!ConfigReloadPending)
-	{
-		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-
-		if (left <= 0)
-			break;
-		wait_ms(left);
-	}
+	wait_until(TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms));
 }
 
 static long
@@ -238,7 +278,7 @@ wait_for_database(void)
 
 	while (!database_ready())
 	{
-		wait_ms(DATABASE_POLL_MS);
+		wait_for_commits(DATABASE_POLL_MS);
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
@@ -281,16 +321,137 @@ connect_or_wait(void)
 	SpinLockRelease(&ec_shared->mutex);
 }
 
-void
-entity_cache_worker_main(Datum main_arg)
+/* Apply a reload, and drop the connection if its settings changed. */
+static void
+reload_and_reconnect_on_change(WorkerState *st)
 {
-	long		backoff = 0;
-	char	   *url = NULL;
-	char	   *password = NULL;
-	int			timeout_ms = 0;
-	bool		said_not_installed = false;
-	StringInfoData err;
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
 
+	if (st->url != NULL && strcmp(st->url, ec_redis_url) == 0 &&
+		strcmp(st->password, ec_redis_password) == 0 &&
+		st->timeout_ms == ec_redis_timeout_ms)
+		return;
+	if (st->url)
+	{
+		pfree(st->url);
+		pfree(st->password);
+	}
+	st->url = MemoryContextStrdup(TopMemoryContext, ec_redis_url);
+	st->password = MemoryContextStrdup(TopMemoryContext, ec_redis_password);
+	st->timeout_ms = ec_redis_timeout_ms;
+	ec_redis_disconnect();
+	set_connected(false);
+	st->backoff = 0;
+}
+
+/* Connect to Redis unless connected; false (after the backoff) if that failed. */
+static bool
+ensure_connected(WorkerState *st)
+{
+	resetStringInfo(&st->err);
+	if (ec_redis_is_connected())
+		return true;
+	if (!ec_redis_connect(st->url, st->password, st->timeout_ms, &st->err))
+	{
+		st->backoff = fail_and_back_off(st->err.data, st->backoff);
+		return false;
+	}
+	set_connected(true);
+	ereport(LOG, (errmsg("entity_cache worker connected to Redis")));
+	return true;
+}
+
+/* Tell sync() and status what the last batch did. */
+static void
+publish_progress(uint64 napplied, TimestampTz drained_as_of)
+{
+	if (napplied == 0 && drained_as_of == 0)
+		return;
+	SpinLockAcquire(&ec_shared->mutex);
+	ec_shared->applied_total += napplied;
+	if (drained_as_of > ec_shared->drained_as_of)
+		ec_shared->drained_as_of = drained_as_of;
+	SpinLockRelease(&ec_shared->mutex);
+	ConditionVariableBroadcast(&ec_shared->applied_cv);
+}
+
+/*
+ * Apply one batch.  Returns how many rows it applied, or -1 if there was
+ * nothing to apply because of a failure or a missing extension (the wait
+ * that suits that has been done).
+ */
+static int64
+drain_once(WorkerState *st)
+{
+	uint64		napplied;
+	TimestampTz drained_as_of = 0;
+	EcDrainResult res;
+
+	res = ec_drain_batch(ec_batch_size, &napplied, &drained_as_of, &st->err);
+	if (res == EC_DRAIN_NOT_INSTALLED)
+	{
+		/*
+		 * Not an error: the extension may not be created yet, or was just
+		 * dropped.  The first commit that queues a row sets our latch.
+		 */
+		if (!st->said_not_installed)
+			ereport(LOG,
+					(errmsg("entity_cache worker: waiting for CREATE EXTENSION entity_cache in database \"%s\"",
+							ec_database)));
+		st->said_not_installed = true;
+		wait_for_commits(NOT_INSTALLED_POLL_MS);
+		return -1;
+	}
+	if (res == EC_DRAIN_ERROR)
+	{
+		st->backoff = fail_and_back_off(st->err.data, st->backoff);
+		return -1;
+	}
+	st->said_not_installed = false;
+	st->backoff = 0;
+	publish_progress(napplied, drained_as_of);
+	return (int64) napplied;
+}
+
+/*
+ * Between batches.  A full batch means there is more: go again at once.
+ * Otherwise pause as the load says (see SMALL_BATCH), counted from the
+ * start of the batch, then wait for the next commit.
+ */
+static void
+pause_after_batch(TimestampTz batch_start, uint64 napplied)
+{
+	double		delay_ms = 0;
+
+	if (napplied >= (uint64) ec_batch_size)
+		return;
+	if (napplied >= BUSY_BATCH)
+		delay_ms = ec_batch_delay_ms * BUSY_DELAY_FACTOR;
+	else if (napplied >= SMALL_BATCH)
+		delay_ms = ec_batch_delay_ms;
+	if (delay_ms > 0)
+	{
+		wait_until(batch_start + (TimestampTz) (delay_ms * 1000.0));	/* in us */
+
+		/*
+		 * Commits during the pause set the latch; the next batch, which
+		 * follows at once, takes them.  A commit after this reset sets it
+		 * again.
+		 */
+		ResetLatch(MyLatch);
+		return;
+	}
+	wait_for_commits(POLL_INTERVAL_MS);
+}
+
+static void
+worker_init(void)
+{
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -314,108 +475,27 @@ entity_cache_worker_main(Datum main_arg)
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	ereport(LOG, (errmsg("entity_cache worker started for database \"%s\"", ec_database)));
-	initStringInfo(&err);
+}
+
+void
+entity_cache_worker_main(Datum main_arg)
+{
+	WorkerState st = {0};
+
+	worker_init();
+	initStringInfo(&st.err);
 
 	for (;;)
 	{
-		uint64		napplied;
-		TimestampTz drained_as_of = 0;
 		TimestampTz batch_start;
-		EcDrainResult res;
+		int64		napplied;
 
-		CHECK_FOR_INTERRUPTS();
-
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
-
-		/* a changed URL, password or timeout means a new connection */
-		if (url == NULL || strcmp(url, ec_redis_url) != 0 ||
-			strcmp(password, ec_redis_password) != 0 ||
-			timeout_ms != ec_redis_timeout_ms)
-		{
-			if (url)
-			{
-				pfree(url);
-				pfree(password);
-			}
-			url = MemoryContextStrdup(TopMemoryContext, ec_redis_url);
-			password = MemoryContextStrdup(TopMemoryContext, ec_redis_password);
-			timeout_ms = ec_redis_timeout_ms;
-			ec_redis_disconnect();
-			set_connected(false);
-			backoff = 0;
-		}
-
-		resetStringInfo(&err);
-		if (!ec_redis_is_connected())
-		{
-			if (!ec_redis_connect(url, password, timeout_ms, &err))
-			{
-				backoff = fail_and_back_off(err.data, backoff);
-				continue;
-			}
-			set_connected(true);
-			ereport(LOG, (errmsg("entity_cache worker connected to Redis")));
-		}
-
+		reload_and_reconnect_on_change(&st);
+		if (!ensure_connected(&st))
+			continue;
 		batch_start = GetCurrentTimestamp();
-		res = ec_drain_batch(ec_batch_size, &napplied, &drained_as_of, &err);
-		if (res == EC_DRAIN_NOT_INSTALLED)
-		{
-			/* not an error: the extension may simply not be created yet */
-			if (!said_not_installed)
-				ereport(LOG,
-						(errmsg("entity_cache worker: waiting for CREATE EXTENSION entity_cache in database \"%s\"",
-								ec_database)));
-			said_not_installed = true;
-			wait_ms(NOT_INSTALLED_POLL_MS);
-			continue;
-		}
-		if (res == EC_DRAIN_ERROR)
-		{
-			backoff = fail_and_back_off(err.data, backoff);
-			continue;
-		}
-
-		backoff = 0;
-		if (napplied > 0 || drained_as_of != 0)
-		{
-			SpinLockAcquire(&ec_shared->mutex);
-			ec_shared->applied_total += napplied;
-			if (drained_as_of > ec_shared->drained_as_of)
-				ec_shared->drained_as_of = drained_as_of;
-			SpinLockRelease(&ec_shared->mutex);
-			ConditionVariableBroadcast(&ec_shared->applied_cv);
-		}
-		/* a full batch means there is probably more: go again at once */
-		if (napplied >= (uint64) ec_batch_size)
-			continue;
-
-		/*
-		 * Writers that commit while we sleep set the latch; let the batch
-		 * delay pass first so that the next batch takes them all.  A batch
-		 * that found nothing means the worker is idle: no delay then.  Under
-		 * heavy writing (a batch of BUSY_BATCH keys or more) the delay is
-		 * longer: each batch is a transaction of the worker's, and on a busy
-		 * server those transactions take CPU from the writers.
-		 */
-		if (napplied > 0 && ec_batch_delay_ms > 0)
-		{
-			long		delay_us = (long) (ec_batch_delay_ms * 1000.0 *
-										   (napplied >= BUSY_BATCH ? BUSY_DELAY_FACTOR : 1));
-			long		spent_us;
-			long		secs;
-			int			usecs;
-
-			TimestampDifference(batch_start, GetCurrentTimestamp(), &secs, &usecs);
-			spent_us = secs * 1000000L + usecs;
-			if (spent_us < delay_us)
-				pg_usleep(delay_us - spent_us);
-			CHECK_FOR_INTERRUPTS();
-		}
-		wait_ms(POLL_INTERVAL_MS);
+		napplied = drain_once(&st);
+		if (napplied >= 0)
+			pause_after_batch(batch_start, (uint64) napplied);
 	}
 }
