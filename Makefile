@@ -9,8 +9,10 @@ OBJS = \
 	extension/template.o \
 	extension/capture.o \
 	extension/api.o \
+	extension/consistency.o \
 	worker/worker.o \
 	worker/drain.o \
+	worker/redelete.o \
 	worker/redis_client.o \
 	worker/redis_url.o
 

@@ -3,7 +3,8 @@
 \echo Use "CREATE EXTENSION entity_cache" to load this file. \quit
 
 -- The durable queue: one row per key (op 'k') or flush pattern (op 'f')
--- changed by a committed transaction.  The worker deletes rows only after
+-- changed by a committed transaction, or key to write from its row in
+-- either mode (op 'w', queued by warm()).  The worker deletes rows only after
 -- Redis acknowledged them.  relid/template/vals let it find the row again
 -- in refresh mode.  The C code writes rows column by column: keep this
 -- shape in step with extension/entity_cache.h.
@@ -15,7 +16,7 @@
 -- physical order.  REPLICA IDENTITY FULL keeps its deletes legal if a
 -- publication FOR ALL TABLES includes the queue.
 CREATE TABLE entity_cache.queue (
-    op        "char" NOT NULL CHECK (op IN ('k', 'f')),
+    op        "char" NOT NULL CHECK (op IN ('k', 'f', 'w')),
     key       text NOT NULL,
     relid     oid,
     template  text,
@@ -42,47 +43,72 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'entity_cache_check_template'
 LANGUAGE C STRICT;
 
-CREATE FUNCTION entity_cache._trigger_args(tgargs bytea, tgnargs int2)
-RETURNS text[]
-AS 'MODULE_PATHNAME', 'entity_cache_trigger_args'
-LANGUAGE C STRICT IMMUTABLE;
+-- ---------------------------------------------------------------------
+-- Consistency (issue 13): value functions, watch() with a value function,
+-- the watched view with its column, warm(), verify().
+-- ---------------------------------------------------------------------
+
+-- A capture trigger argument is "<template>" or "<template>\nvalue=<fn
+-- signature>": a template has no line break, and a signature (not an OID)
+-- survives pg_dump and pg_restore.  _watch_arg() writes that encoding,
+-- _watched_args() reads it (both in C, one implementation each).
+CREATE FUNCTION entity_cache._watch_arg(tbl regclass, key_template text,
+                                        value regprocedure)
+RETURNS text
+AS 'MODULE_PATHNAME', 'entity_cache_watch_arg'
+LANGUAGE C;
+
+CREATE FUNCTION entity_cache._watched_args(tgname name, tgfoid oid,
+                                           tgargs bytea, tgnargs int2)
+RETURNS TABLE (key_template text, value text, arg text)
+AS 'MODULE_PATHNAME', 'entity_cache_watched_args'
+LANGUAGE C STABLE;
 
 -- What is watched, read from the triggers themselves: they are the
--- configuration, so pg_dump and replicas carry it with the table.
+-- configuration, so pg_dump and replicas carry it with the table.  value
+-- is the value function's signature, NULL for row_to_json.
 CREATE VIEW entity_cache.watched AS
-SELECT t.tgrelid::regclass AS relid, a.key_template
+SELECT t.tgrelid::regclass AS relid, a.key_template, a.value
 FROM pg_catalog.pg_trigger t
-CROSS JOIN LATERAL pg_catalog.unnest(entity_cache._trigger_args(t.tgargs, t.tgnargs))
-     WITH ORDINALITY AS a(key_template, ord)
-WHERE t.tgname = 'entity_cache_insert'
-  AND t.tgfoid = 'entity_cache.capture()'::pg_catalog.regprocedure
+CROSS JOIN LATERAL entity_cache._watched_args(t.tgname, t.tgfoid, t.tgargs, t.tgnargs)
+     WITH ORDINALITY AS a(key_template, value, arg, ord)
 ORDER BY t.tgrelid, a.ord;
 
 GRANT SELECT ON entity_cache.watched TO PUBLIC;
 
 CREATE FUNCTION entity_cache.watch(tbl regclass,
-                                   key_template text DEFAULT 'entity:metadata:{code}')
+                                   key_template text DEFAULT 'entity:metadata:{code}',
+                                   value regprocedure DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    templates text[];
-    args text;
+    arg text;
+    args text[];
+    list text;
 BEGIN
-    IF tbl IS NULL OR key_template IS NULL THEN
+    IF tbl IS NULL OR watch.key_template IS NULL THEN
         RAISE EXCEPTION 'entity_cache.watch() needs a table and a key template'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    PERFORM entity_cache._check_template(tbl, key_template);
+    arg := entity_cache._watch_arg(tbl, watch.key_template, watch.value);
 
-    SELECT array_agg(w.key_template) INTO templates
-    FROM entity_cache.watched w WHERE w.relid = tbl;
-    IF key_template = ANY (templates) THEN
+    -- the table's other templates keep their arguments as they are
+    SELECT array_agg(a.arg ORDER BY a.ord) INTO args
+    FROM pg_catalog.pg_trigger t
+    CROSS JOIN LATERAL entity_cache._watched_args(t.tgname, t.tgfoid, t.tgargs, t.tgnargs)
+         WITH ORDINALITY AS a(key_template, value, arg, ord)
+    WHERE t.tgrelid = tbl;
+    IF arg = ANY (args) THEN
         RETURN;
     END IF;
-    templates := coalesce(templates, '{}') || key_template;
-    SELECT string_agg(quote_literal(t), ', ') INTO args FROM unnest(templates) t;
+    SELECT array_agg(a) INTO args FROM unnest(args) a
+    WHERE a <> ALL (SELECT w.arg FROM pg_catalog.pg_trigger t
+                    CROSS JOIN LATERAL entity_cache._watched_args(t.tgname, t.tgfoid, t.tgargs, t.tgnargs) w
+                    WHERE t.tgrelid = tbl AND w.key_template = watch.key_template);
+    args := coalesce(args, '{}') || arg;
+    SELECT string_agg(quote_literal(a), ', ') INTO list FROM unnest(args) a;
 
     PERFORM entity_cache.unwatch(tbl);
     -- One trigger per event: PostgreSQL allows transition tables only on
@@ -90,21 +116,42 @@ BEGIN
     -- (pg_restore, logical apply, bulk loads) change rows too.
     EXECUTE format('CREATE TRIGGER entity_cache_insert AFTER INSERT ON %s '
                    'REFERENCING NEW TABLE AS entity_cache_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, args);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, list);
     EXECUTE format('CREATE TRIGGER entity_cache_update AFTER UPDATE ON %s '
                    'REFERENCING OLD TABLE AS entity_cache_old NEW TABLE AS entity_cache_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, args);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, list);
     EXECUTE format('CREATE TRIGGER entity_cache_delete AFTER DELETE ON %s '
                    'REFERENCING OLD TABLE AS entity_cache_old '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, args);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, list);
     EXECUTE format('CREATE TRIGGER entity_cache_truncate AFTER TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, args);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, list);
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER entity_cache_insert, '
                    'ENABLE ALWAYS TRIGGER entity_cache_update, '
                    'ENABLE ALWAYS TRIGGER entity_cache_delete, '
                    'ENABLE ALWAYS TRIGGER entity_cache_truncate', tbl);
 END
 $$;
+
+-- warm(): queue every row of the table for writing (op 'w': SET from the
+-- row with the value function and the ttl, in either mode).
+CREATE FUNCTION entity_cache.warm(tbl regclass DEFAULT 'app.entity'::text::regclass)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'entity_cache_warm'
+LANGUAGE C;
+
+-- verify(): compare what the rows render with Redis, in batches.
+CREATE FUNCTION entity_cache.verify(tbl regclass DEFAULT 'app.entity'::text::regclass,
+                                    repair boolean DEFAULT false)
+RETURNS TABLE (key text, problem text)
+AS 'MODULE_PATHNAME', 'entity_cache_verify'
+LANGUAGE C;
+
+REVOKE ALL ON FUNCTION entity_cache._watch_arg(regclass, text, regprocedure) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entity_cache.warm(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entity_cache.verify(regclass, boolean) FROM PUBLIC;
+-- ---------------------------------------------------------------------
+-- end of Consistency (issue 13)
+-- ---------------------------------------------------------------------
 
 CREATE FUNCTION entity_cache.unwatch(tbl regclass)
 RETURNS void
@@ -181,7 +228,7 @@ CREATE VIEW entity_cache.status AS SELECT * FROM entity_cache._status();
 -- whatever its rights: EXECUTE is checked when a trigger is created.
 REVOKE ALL ON FUNCTION entity_cache.capture() FROM PUBLIC;
 REVOKE ALL ON FUNCTION entity_cache._check_template(regclass, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION entity_cache.watch(regclass, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entity_cache.watch(regclass, text, regprocedure) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entity_cache.unwatch(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entity_cache.invalidate(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entity_cache.invalidate_key(text) FROM PUBLIC;

@@ -41,22 +41,18 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "keys.h"
+#include "redelete.h"
 #include "redis_client.h"
 #include "template.h"
+
+/* rows that name one key: delete (or refresh) it, or write it */
+#define IS_KEY_OP(op) ((op) == EC_OP_KEY || (op) == EC_OP_WRITE)
 
 /* keys per UNLINK command in delete mode */
 #define UNLINK_CHUNK 1000
 
-typedef struct QueueRow
-{
-	ItemPointerData tid;
-	char		op;
-	char	   *key;
-	size_t		keylen;
-	Oid			relid;
-	char	   *template;
-	Datum		vals;			/* text[], or 0 */
-} QueueRow;
+typedef EcQueueRow QueueRow;
 
 /* a prepared row lookup for refresh mode, per (relation, template) */
 typedef struct Lookup
@@ -139,8 +135,8 @@ fetch_rows(Relation rel, int batch_size, bool want_lookup, QueueRow **rows_out)
 		k = DatumGetTextPP(slot->tts_values[Anum_ec_queue_key - 1]);
 		r->keylen = VARSIZE_ANY_EXHDR(k);
 		r->key = text_to_cstring(k);
-		/* what finds the row again matters in refresh mode only */
-		if (want_lookup)
+		/* what finds the row again matters in refresh mode and for writes */
+		if (want_lookup || r->op == EC_OP_WRITE)
 		{
 			if (!slot->tts_isnull[Anum_ec_queue_relid - 1])
 				r->relid = DatumGetObjectId(slot->tts_values[Anum_ec_queue_relid - 1]);
@@ -190,6 +186,8 @@ get_lookup(Oid relid, const char *template)
 	StringInfoData sql;
 	Oid			argtypes[EC_TEMPLATE_MAX_PARTS];
 	char	   *relname;
+	char	   *valexpr;
+	EcWatched  *wt;
 	MemoryContext old;
 	int			nargs = 0;
 
@@ -200,14 +198,19 @@ get_lookup(Oid relid, const char *template)
 			return l;
 	}
 
+	/* the queue keeps the whole trigger argument: template and value function */
+	wt = ec_split_watch_arg(template);
 	relname = get_rel_name(relid);
 	if (relname == NULL ||
-		ec_template_parse(template, strlen(template), &t, &errpos) != NULL ||
+		ec_template_parse(wt->template, strlen(wt->template), &t, &errpos) != NULL ||
 		t.ncolumns == 0)
+		return NULL;
+	valexpr = ec_value_sql(wt->value, "t");
+	if (valexpr == NULL)
 		return NULL;
 
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT pg_catalog.row_to_json(t)::text FROM %s t WHERE ",
+	appendStringInfo(&sql, "SELECT %s FROM %s t WHERE ", valexpr,
 					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 												relname));
 	for (int i = 0; i < t.nparts; i++)
@@ -217,7 +220,7 @@ get_lookup(Oid relid, const char *template)
 
 		if (!t.parts[i].is_column)
 			continue;
-		col = pnstrdup(template + t.parts[i].offset, t.parts[i].len);
+		col = pnstrdup(wt->template + t.parts[i].offset, t.parts[i].len);
 		attnum = get_attnum(relid, col);
 		if (attnum == InvalidAttrNumber)
 			return NULL;
@@ -301,7 +304,9 @@ lookup_all(QueueRow *rows, int n, char **jsons)
 	PG_TRY();
 	{
 		for (int i = 0; i < n; i++)
-			if (rows[i].op == EC_OP_KEY && rows[i].key != NULL)
+			if (rows[i].key != NULL &&
+				((rows[i].op == EC_OP_KEY && ec_mode == EC_MODE_REFRESH) ||
+				 rows[i].op == EC_OP_WRITE))
 				jsons[i] = lookup_json(&rows[i]);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
@@ -356,7 +361,7 @@ collapse_duplicates(QueueRow *rows, int n)
 			int			idx;
 		}		   *e;
 
-		if (rows[i].op != EC_OP_KEY || rows[i].key == NULL)
+		if (!IS_KEY_OP(rows[i].op) || rows[i].key == NULL)
 			continue;
 		h = hash_bytes((const unsigned char *) rows[i].key, rows[i].keylen);
 		e = hash_search(seen, &h, HASH_ENTER, &found);
@@ -391,10 +396,13 @@ apply_rows(QueueRow *rows, int n, StringInfo err)
 	int			nargs = 0;
 	char		ttl[16];
 	uint64		flushed = 0;
+	bool		need_lookup = false;
 
 	snprintf(ttl, sizeof(ttl), "%d", ec_ttl);
 	collapse_duplicates(rows, n);
-	if (refresh)
+	for (int i = 0; i < n; i++)
+		need_lookup |= rows[i].op == EC_OP_WRITE && rows[i].key != NULL;
+	if (refresh || need_lookup)
 		lookup_all(rows, n, jsons);
 
 	/* flushes first: a TRUNCATE then INSERT in one batch must end cached */
@@ -407,7 +415,7 @@ apply_rows(QueueRow *rows, int n, StringInfo err)
 	argvlen[0] = 6;
 	for (int i = 0; i < n; i++)
 	{
-		if (rows[i].op != EC_OP_KEY || rows[i].key == NULL)
+		if (!IS_KEY_OP(rows[i].op) || rows[i].key == NULL)
 			continue;
 		if (jsons[i])
 		{
@@ -526,7 +534,11 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	n = fetch_rows(rel, batch_size, ec_mode == EC_MODE_REFRESH, &rows);
 	ok = (n == 0) || apply_rows(rows, n, err);
 	if (ok && n > 0)
+	{
 		delete_rows(rel, rows, n);
+		/* what a racing cache-aside reader may have undone, do once more */
+		ec_redelete_schedule(rows, n);
+	}
 	table_close(rel, NoLock);
 
 	if (ok && n == batch_size)
@@ -556,4 +568,31 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	if (removed_since_vacuum >= VACUUM_EVERY_ROWS && n < batch_size)
 		vacuum_queue();
 	return EC_DRAIN_OK;
+}
+
+/*
+ * Apply rows once more, outside the queue (the redeletes of redelete.c):
+ * the same commands as a batch, in a transaction of their own because
+ * refresh mode and writes read the rows again.
+ */
+bool
+ec_apply_again(EcQueueRow *rows, int n, StringInfo err)
+{
+	bool		ok;
+
+	if (batch_cxt == NULL)
+		batch_cxt = AllocSetContextCreate(TopMemoryContext, "entity_cache batch",
+										  ALLOCSET_DEFAULT_SIZES);
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	pgstat_report_activity(STATE_RUNNING, "entity_cache redelete");
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	ok = apply_rows(rows, n, err);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	MemoryContextReset(batch_cxt);
+	return ok;
 }

@@ -29,6 +29,7 @@
 #include "utils/timestamp.h"
 
 #include "drain.h"
+#include "redelete.h"
 #include "redis_client.h"
 
 /* safety net: poll this often even if no commit sets the latch */
@@ -95,6 +96,7 @@ worker_detach(int code, Datum arg)
 	ec_shared->worker_procno = -1;
 	ec_shared->worker_dboid = InvalidOid;
 	ec_shared->redis_connected = false;
+	ec_shared->redelete_pending = 0;	/* lost with this process */
 	SpinLockRelease(&ec_shared->mutex);
 }
 
@@ -276,6 +278,8 @@ entity_cache_worker_main(Datum main_arg)
 			SpinLockRelease(&ec_shared->mutex);
 			ConditionVariableBroadcast(&ec_shared->applied_cv);
 		}
+		/* keys applied redelete_delay ago, once more (errors: see status) */
+		(void) ec_redelete_run_due();
 		/* a full batch means there is probably more: go again at once */
 		if (napplied >= (uint64) ec_batch_size)
 			continue;
@@ -302,6 +306,6 @@ entity_cache_worker_main(Datum main_arg)
 				pg_usleep(delay_us - spent_us);
 			CHECK_FOR_INTERRUPTS();
 		}
-		wait_ms(POLL_INTERVAL_MS);
+		wait_ms(ec_redelete_next_wait(POLL_INTERVAL_MS));
 	}
 }
