@@ -148,6 +148,7 @@ AS 'MODULE_PATHNAME', 'entity_cache_verify'
 LANGUAGE C;
 
 REVOKE ALL ON FUNCTION entity_cache._watch_arg(regclass, text, regprocedure) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entity_cache.watch(regclass, text, regprocedure) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entity_cache.warm(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entity_cache.verify(regclass, boolean) FROM PUBLIC;
 -- ---------------------------------------------------------------------
