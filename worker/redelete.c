@@ -15,7 +15,8 @@
  * says so).  Keeping them in the queue would double the queue's WAL for a
  * window of at most one second.
  *
- * Per key there is at most one pending entry: a key applied again while its
+ * Per key (and op: a flush pattern is not the key of the same text) there
+ * is at most one pending entry: a key applied again while its
  * redelete is pending moves to the back of the line with a new due time
  * (the new application starts a new race window, and the old window ends
  * with the new application, which removes what a racer SET meanwhile).
@@ -49,7 +50,7 @@
 
 typedef struct Pending
 {
-	char	   *key;			/* hash key: NUL-terminated copy of row.key */
+	char	   *key;			/* hash key: the op, then row.key, NUL-terminated */
 	EcQueueRow	row;			/* what to apply again; its strings are ours */
 	TimestampTz due;
 	dlist_node	node;			/* in schedule order */
@@ -107,7 +108,7 @@ init_pending(void)
 static void
 free_row(EcQueueRow *r)
 {
-	pfree(r->key);
+	pfree(r->key - 1);			/* the op byte before it starts the block */
 	if (r->template)
 		pfree(r->template);
 	if (r->vals)
@@ -119,8 +120,13 @@ copy_row(EcQueueRow *dst, const EcQueueRow *src)
 {
 	MemoryContext old = MemoryContextSwitchTo(redelete_cxt);
 
+	char	   *buf = palloc(src->keylen + 2);
+
 	*dst = *src;
-	dst->key = pnstrdup(src->key, src->keylen);
+	buf[0] = src->op;
+	memcpy(buf + 1, src->key, src->keylen);
+	buf[src->keylen + 1] = '\0';
+	dst->key = buf + 1;
 	dst->template = src->template ? pstrdup(src->template) : NULL;
 	dst->vals = src->vals ?
 		PointerGetDatum(DatumGetArrayTypePCopy(src->vals)) : (Datum) 0;
@@ -142,20 +148,22 @@ ec_redelete_schedule(EcQueueRow *rows, int n)
 	{
 		Pending    *p;
 		bool		found;
-		char	   *k;
+		EcQueueRow	copy;
+		char	   *hashkey;
 
 		/* keys with a NUL cannot be hash keys here; they cannot race either */
 		if (rows[i].key == NULL || strlen(rows[i].key) != rows[i].keylen)
 			continue;
-		k = rows[i].key;
-		p = hash_search(pending, &k, HASH_ENTER, &found);
+		copy_row(&copy, &rows[i]);
+		hashkey = copy.key - 1;
+		p = hash_search(pending, &hashkey, HASH_ENTER, &found);
 		if (found)
 		{
 			dlist_delete(&p->node);
 			free_row(&p->row);
 		}
-		copy_row(&p->row, &rows[i]);
-		p->key = p->row.key;
+		p->row = copy;
+		p->key = hashkey;
 		p->due = due;
 		dlist_push_tail(&order, &p->node);
 	}
@@ -226,7 +234,7 @@ ec_redelete_run_due(void)
 			EcQueueRow	r = taken[i]->row;
 
 			dlist_delete(&taken[i]->node);
-			hash_search(pending, &r.key, HASH_REMOVE, NULL);
+			hash_search(pending, &taken[i]->key, HASH_REMOVE, NULL);
 			free_row(&r);
 		}
 		publish_count();
