@@ -271,4 +271,16 @@ SKIP:
 		'and warm() put exactly those bytes in Redis');
 }
 
+# the value function is kept by signature: pg_dump and a restore carry it
+my $dump = PostgreSQL::Test::Utils::tempdir() . '/dump.sql';
+$node->command_ok([ 'pg_dump', '-d', $db, '-f', $dump ], 'pg_dump');
+psql('CREATE DATABASE restored');
+$node->command_ok([ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', 'restored', '-f', $dump ],
+	'restore into another database');
+is($node->safe_psql('restored', q{SELECT key_template || ' ' || value || ' ' ||
+		(pg_catalog.to_regprocedure(value) IS NOT NULL)::text
+	FROM entity_cache.watched WHERE relid = 'app.entity'::regclass}),
+	'entity:metadata:{code} app.entity_json(app.entity) true',
+	'after dump and restore the template keeps its value function, which resolves');
+
 done_testing();
