@@ -10,8 +10,10 @@ OBJS = \
 	extension/capture.o \
 	extension/api.o \
 	extension/utility.o \
+	extension/consistency.o \
 	worker/worker.o \
 	worker/drain.o \
+	worker/redelete.o \
 	worker/redis_client.o \
 	worker/redis_url.o
 

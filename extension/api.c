@@ -24,6 +24,7 @@
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "tcop/utility.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -33,6 +34,8 @@
 
 PG_FUNCTION_INFO_V1(entity_cache_check_template);
 PG_FUNCTION_INFO_V1(entity_cache_trigger_args);
+PG_FUNCTION_INFO_V1(entity_cache_watch_arg);
+PG_FUNCTION_INFO_V1(entity_cache_watched_args);
 PG_FUNCTION_INFO_V1(entity_cache_invalidate);
 PG_FUNCTION_INFO_V1(entity_cache_invalidate_key);
 PG_FUNCTION_INFO_V1(entity_cache_flush_all);
@@ -118,6 +121,74 @@ entity_cache_trigger_args(PG_FUNCTION_ARGS)
 	PG_RETURN_ARRAYTYPE_P(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
+/*
+ * _watch_arg(tbl regclass, key_template text, value regprocedure) returns
+ * text: check the template (as _check_template does) and the value
+ * function, and return the capture trigger argument that carries both
+ * (see EcWatched in keys.h).  The one place that writes the encoding;
+ * ec_split_watch_arg() is the one that reads it.
+ */
+Datum
+entity_cache_watch_arg(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+	text	   *tmpl;
+	char	   *sig;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("entity_cache.watch() needs a table and a key template")));
+	relid = PG_GETARG_OID(0);
+	tmpl = PG_GETARG_TEXT_PP(1);
+	DirectFunctionCall2(entity_cache_check_template, ObjectIdGetDatum(relid),
+						PointerGetDatum(tmpl));
+	if (PG_ARGISNULL(2))
+		PG_RETURN_TEXT_P(tmpl);
+	sig = ec_check_value_fn(relid, PG_GETARG_OID(2));
+	PG_RETURN_TEXT_P(cstring_to_text(psprintf("%s%s%s", text_to_cstring(tmpl),
+											  EC_VALUE_PREFIX, sig)));
+}
+
+/*
+ * _watched_args(tgname name, tgfoid oid, tgargs bytea, tgnargs int2)
+ * returns setof (key_template text, value text, arg text): the templates a trigger
+ * carries if it is a capture insert trigger, none otherwise.  Behind the
+ * entity_cache.watched view; the C side reads the same through
+ * ec_watched_templates().
+ */
+Datum
+entity_cache_watched_args(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Datum		args;
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *enulls;
+	int			nelems;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3) ||
+		!ec_is_capture_trigger(NameStr(*PG_GETARG_NAME(0)), PG_GETARG_OID(1)))
+		return (Datum) 0;
+	args = DirectFunctionCall2(entity_cache_trigger_args, PG_GETARG_DATUM(2),
+							   PG_GETARG_DATUM(3));
+	arr = DatumGetArrayTypeP(args);
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &enulls, &nelems);
+	for (int i = 0; i < nelems; i++)
+	{
+		EcWatched  *w = ec_split_watch_arg(TextDatumGetCString(elems[i]));
+		Datum		values[3];
+		bool		nulls[3] = {false, w->value == NULL, false};
+
+		values[0] = CStringGetTextDatum(w->template);
+		values[1] = w->value ? CStringGetTextDatum(w->value) : (Datum) 0;
+		values[2] = CStringGetTextDatum(w->arg);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
 typedef struct CodeOnly
 {
 	AttrNumber	code_attnum;
@@ -132,39 +203,26 @@ code_only_value(void *arg, AttrNumber attnum)
 	return attnum == c->code_attnum ? c->code : NULL;
 }
 
-typedef struct SpiRow
-{
-	HeapTuple	tuple;
-	TupleDesc	desc;
-} SpiRow;
-
-static const char *
-spi_row_value(void *arg, AttrNumber attnum)
-{
-	SpiRow	   *r = arg;
-
-	return SPI_getvalue(r->tuple, r->desc, attnum);
-}
-
 /*
  * Queue the key of every row SPI_tuptable holds; returns how many were
  * queued.  Rendered under the same settings as the capture trigger's
  * (keys.c), so that invalidate() names the keys the trigger would.
  */
 static int
-queue_spi_rows(EcQueueWriter *w, EcBoundTemplate *bt, Oid relid, StringInfo key)
+queue_spi_rows(EcQueueWriter *w, EcBoundTemplate *bt, Oid relid,
+			   const char *watch_arg, StringInfo key)
 {
 	int			nest = bt->canonical ? ec_canonical_begin() : 0;
 	int			n = 0;
 
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		SpiRow		r = {SPI_tuptable->vals[i], SPI_tuptable->tupdesc};
+		EcSpiRow	r = {SPI_tuptable->vals[i], SPI_tuptable->tupdesc};
 		Datum		vals;
 
-		if (ec_render_key(bt, spi_row_value, &r, key, &vals))
+		if (ec_render_key(bt, ec_spi_row_value, &r, key, &vals))
 		{
-			ec_queue_add(w, EC_OP_KEY, key->data, relid, bt->text, vals, false);
+			ec_queue_add(w, EC_OP_KEY, key->data, relid, watch_arg, vals, false);
 			n++;
 		}
 	}
@@ -233,10 +291,11 @@ entity_cache_invalidate(PG_FUNCTION_ARGS)
 
 	foreach(lc, templates)
 	{
+		EcWatched  *wt = lfirst(lc);
 		EcBoundTemplate bt;
 		Datum		vals;
 
-		ec_bind_template(&bt, lfirst(lc), RelationGetDescr(rel));
+		ec_bind_template(&bt, wt->template, RelationGetDescr(rel));
 		if (!bt.complete)
 			continue;
 		if (SPI_processed == 0)
@@ -245,12 +304,12 @@ entity_cache_invalidate(PG_FUNCTION_ARGS)
 
 			if (ec_render_key(&bt, code_only_value, &c, &key, &vals))
 			{
-				ec_queue_add(w, EC_OP_KEY, key.data, relid, bt.text, vals, false);
+				ec_queue_add(w, EC_OP_KEY, key.data, relid, wt->arg, vals, false);
 				nkeys++;
 			}
 			continue;
 		}
-		nkeys += queue_spi_rows(w, &bt, relid, &key);
+		nkeys += queue_spi_rows(w, &bt, relid, wt->arg, &key);
 	}
 	SPI_finish();
 
@@ -486,6 +545,7 @@ entity_cache_sync(PG_FUNCTION_ARGS)
 #define EC_STATUS_WORKER_NOTE 9
 #define EC_STATUS_REFRESH_FAILED 13
 #define EC_STATUS_NOTIFY_SKIPPED 12
+#define EC_STATUS_REDELETE_PENDING 14
 
 /* _status(): the row behind the entity_cache.status view. */
 Datum
@@ -518,7 +578,8 @@ entity_cache_status(PG_FUNCTION_ARGS)
 		uint64		applied,
 					errors,
 					refresh_failed,
-					notify_skipped;
+					notify_skipped,
+					redelete_pending;
 		TimestampTz err_at;
 		char		err[EC_LAST_ERROR_LEN];
 
@@ -529,6 +590,7 @@ entity_cache_status(PG_FUNCTION_ARGS)
 		applied = ec_shared->applied_total;
 		errors = ec_shared->errors_total;
 		notify_skipped = ec_shared->notify_skipped;
+		redelete_pending = ec_shared->redelete_pending;
 		err_at = ec_shared->last_error_at;
 		memcpy(err, ec_shared->last_error, sizeof(err));
 		SpinLockRelease(&ec_shared->mutex);
@@ -554,6 +616,8 @@ entity_cache_status(PG_FUNCTION_ARGS)
 		nulls[5] = false;
 		values[EC_STATUS_NOTIFY_SKIPPED] = Int64GetDatum((int64) notify_skipped);
 		nulls[EC_STATUS_NOTIFY_SKIPPED] = false;
+		values[EC_STATUS_REDELETE_PENDING] = Int64GetDatum((int64) redelete_pending);
+		nulls[EC_STATUS_REDELETE_PENDING] = false;
 		if (err_at != 0)
 		{
 			values[6] = CStringGetTextDatum(err);

@@ -66,7 +66,7 @@ slot_value(void *arg, AttrNumber attnum)
  */
 static void
 capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate **stores, int nstores,
-			 EcBoundTemplate *bts, int nbts)
+			 EcBoundTemplate *bts, EcWatched **wts, int nbts)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
@@ -122,7 +122,7 @@ capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate **stores, int nstor
 				if (ec_render_key(&bts[i], slot_value, &sv, &key, lookup ? &vals : NULL))
 					ec_queue_add(w, EC_OP_KEY, key.data,
 								 lookup ? RelationGetRelid(rel) : InvalidOid,
-								 lookup ? bts[i].text : NULL, vals, !lookup);
+								 lookup ? wts[i]->arg : NULL, vals, !lookup);
 			}
 			MemoryContextSwitchTo(oldcxt);
 			MemoryContextReset(rowcxt);
@@ -170,6 +170,7 @@ entity_cache_capture(PG_FUNCTION_ARGS)
 	Trigger    *trig;
 	Relation	rel;
 	EcBoundTemplate *bts;
+	EcWatched **wts;
 	EcQueueWriter *w;
 	bool		truncate;
 
@@ -201,9 +202,11 @@ entity_cache_capture(PG_FUNCTION_ARGS)
 				 errhint("Use entity_cache.watch(table) to install it.")));
 
 	bts = palloc(sizeof(EcBoundTemplate) * trig->tgnargs);
+	wts = palloc(sizeof(EcWatched *) * trig->tgnargs);
 	for (int i = 0; i < trig->tgnargs; i++)
 	{
-		ec_bind_template(&bts[i], trig->tgargs[i], RelationGetDescr(rel));
+		wts[i] = ec_split_watch_arg(trig->tgargs[i]);
+		ec_bind_template(&bts[i], wts[i]->template, RelationGetDescr(rel));
 		if (!bts[i].complete)
 			ereport(WARNING,
 					(errcode(ERRCODE_UNDEFINED_COLUMN),
@@ -219,7 +222,7 @@ entity_cache_capture(PG_FUNCTION_ARGS)
 		/* a flush is the only way to invalidate what we cannot render */
 		if (truncate || !bts[i].complete)
 			ec_queue_add(w, EC_OP_FLUSH, ec_template_pattern(&bts[i]),
-						 RelationGetRelid(rel), bts[i].text, (Datum) 0, true);
+						 RelationGetRelid(rel), wts[i]->arg, (Datum) 0, true);
 	}
 	if (!truncate)
 	{
@@ -232,7 +235,7 @@ entity_cache_capture(PG_FUNCTION_ARGS)
 			stores[nstores++] = td->tg_oldtable;
 		if (td->tg_newtable)
 			stores[nstores++] = td->tg_newtable;
-		capture_rows(w, rel, stores, nstores, bts, trig->tgnargs);
+		capture_rows(w, rel, stores, nstores, bts, wts, trig->tgnargs);
 	}
 	ec_queue_close(w);
 

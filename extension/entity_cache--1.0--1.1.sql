@@ -39,6 +39,124 @@ REVOKE ALL ON FUNCTION entity_cache._status() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION entity_cache._status() TO pg_monitor;
 GRANT SELECT ON entity_cache.status TO pg_monitor;
 
+-- ---------------------------------------------------------------------
+-- Consistency (issue 13): op 'w', value functions, watch() with a value
+-- function, the watched view with its column, warm(), verify().
+-- ---------------------------------------------------------------------
+ALTER TABLE entity_cache.queue DROP CONSTRAINT queue_op_check,
+    ADD CONSTRAINT queue_op_check CHECK (op IN ('k', 'f', 'w'));
+DROP VIEW entity_cache.watched;
+DROP FUNCTION entity_cache.watch(regclass, text);
+
+-- A capture trigger argument is "<template>" or "<template>\nvalue=<fn
+-- signature>": a template has no line break, and a signature (not an OID)
+-- survives pg_dump and pg_restore.  _watch_arg() writes that encoding,
+-- _watched_args() reads it (both in C, one implementation each).
+CREATE FUNCTION entity_cache._watch_arg(tbl regclass, key_template text,
+                                        value regprocedure)
+RETURNS text
+AS 'MODULE_PATHNAME', 'entity_cache_watch_arg'
+LANGUAGE C;
+
+CREATE FUNCTION entity_cache._watched_args(tgname name, tgfoid oid,
+                                           tgargs bytea, tgnargs int2)
+RETURNS TABLE (key_template text, value text, arg text)
+AS 'MODULE_PATHNAME', 'entity_cache_watched_args'
+LANGUAGE C STABLE;
+
+-- What is watched, read from the triggers themselves: they are the
+-- configuration, so pg_dump and replicas carry it with the table.  value
+-- is the value function's signature, NULL for row_to_json.
+CREATE VIEW entity_cache.watched AS
+SELECT t.tgrelid::regclass AS relid, a.key_template, a.value
+FROM pg_catalog.pg_trigger t
+CROSS JOIN LATERAL entity_cache._watched_args(t.tgname, t.tgfoid, t.tgargs, t.tgnargs)
+     WITH ORDINALITY AS a(key_template, value, arg, ord)
+ORDER BY t.tgrelid, a.ord;
+
+GRANT SELECT ON entity_cache.watched TO PUBLIC;
+
+CREATE FUNCTION entity_cache.watch(tbl regclass,
+                                   key_template text DEFAULT 'entity:metadata:{code}',
+                                   value regprocedure DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    arg text;
+    args text[];
+    list text;
+BEGIN
+    IF tbl IS NULL OR watch.key_template IS NULL THEN
+        RAISE EXCEPTION 'entity_cache.watch() needs a table and a key template'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    arg := entity_cache._watch_arg(tbl, watch.key_template, watch.value);
+
+    -- the table's other templates keep their arguments as they are
+    SELECT array_agg(a.arg ORDER BY a.ord) INTO args
+    FROM pg_catalog.pg_trigger t
+    CROSS JOIN LATERAL entity_cache._watched_args(t.tgname, t.tgfoid, t.tgargs, t.tgnargs)
+         WITH ORDINALITY AS a(key_template, value, arg, ord)
+    WHERE t.tgrelid = tbl;
+    IF arg = ANY (args) THEN
+        RETURN;
+    END IF;
+    SELECT array_agg(a) INTO args FROM unnest(args) a
+    WHERE a <> ALL (SELECT w.arg FROM pg_catalog.pg_trigger t
+                    CROSS JOIN LATERAL entity_cache._watched_args(t.tgname, t.tgfoid, t.tgargs, t.tgnargs) w
+                    WHERE t.tgrelid = tbl AND w.key_template = watch.key_template);
+    args := coalesce(args, '{}') || arg;
+    SELECT string_agg(quote_literal(a), ', ') INTO list FROM unnest(args) a;
+
+    PERFORM entity_cache.unwatch(tbl);
+    -- One trigger per event: PostgreSQL allows transition tables only on
+    -- single-event triggers.  ENABLE ALWAYS: replica-role sessions
+    -- (pg_restore, logical apply, bulk loads) change rows too.
+    EXECUTE format('CREATE TRIGGER entity_cache_insert AFTER INSERT ON %s '
+                   'REFERENCING NEW TABLE AS entity_cache_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, list);
+    EXECUTE format('CREATE TRIGGER entity_cache_update AFTER UPDATE ON %s '
+                   'REFERENCING OLD TABLE AS entity_cache_old NEW TABLE AS entity_cache_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, list);
+    EXECUTE format('CREATE TRIGGER entity_cache_delete AFTER DELETE ON %s '
+                   'REFERENCING OLD TABLE AS entity_cache_old '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, list);
+    EXECUTE format('CREATE TRIGGER entity_cache_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, list);
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER entity_cache_insert, '
+                   'ENABLE ALWAYS TRIGGER entity_cache_update, '
+                   'ENABLE ALWAYS TRIGGER entity_cache_delete, '
+                   'ENABLE ALWAYS TRIGGER entity_cache_truncate', tbl);
+    -- partitions (issue 9): see _sync_partitions()
+    PERFORM entity_cache._sync_partitions();
+END
+$$;
+
+-- warm(): queue every row of the table for writing (op 'w': SET from the
+-- row with the value function and the ttl, in either mode).
+CREATE FUNCTION entity_cache.warm(tbl regclass DEFAULT 'app.entity'::text::regclass)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'entity_cache_warm'
+LANGUAGE C;
+
+-- verify(): compare what the rows render with Redis, in batches.
+CREATE FUNCTION entity_cache.verify(tbl regclass DEFAULT 'app.entity'::text::regclass,
+                                    repair boolean DEFAULT false)
+RETURNS TABLE (key text, problem text)
+AS 'MODULE_PATHNAME', 'entity_cache_verify'
+LANGUAGE C;
+
+REVOKE ALL ON FUNCTION entity_cache._watch_arg(regclass, text, regprocedure) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entity_cache.watch(regclass, text, regprocedure) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entity_cache.warm(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION entity_cache.verify(regclass, boolean) FROM PUBLIC;
+-- ---------------------------------------------------------------------
+-- end of Consistency (issue 13)
+-- ---------------------------------------------------------------------
+
+
 -- Partitions (issue 9): a watched partitioned table is watched as a whole.
 -- Its own statement triggers see writes made through it; a write made
 -- directly to a partition fires only the partition's statement triggers,
@@ -111,11 +229,11 @@ DECLARE
 BEGIN
     FOR todo IN
         WITH roots AS (
-            SELECT t.tgrelid AS root,
-                   entity_cache._trigger_args(t.tgargs, t.tgnargs) AS args
+            SELECT t.tgrelid AS root, array_agg(w.arg ORDER BY w.ord) AS args
             FROM pg_trigger t
-            WHERE t.tgname = 'entity_cache_insert'
-              AND t.tgfoid = 'entity_cache.capture()'::regprocedure
+            CROSS JOIN LATERAL entity_cache._watched_args(t.tgname, t.tgfoid, t.tgargs, t.tgnargs)
+                 WITH ORDINALITY AS w(key_template, value, arg, ord)
+            GROUP BY t.tgrelid
         ), wanted AS (
             SELECT p.relid, array_agg(a.arg ORDER BY p.level DESC, ro.root, a.ord) AS args
             FROM roots ro
@@ -163,55 +281,8 @@ CREATE EVENT TRIGGER entity_cache_partitions ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
     EXECUTE FUNCTION entity_cache._on_ddl();
 
--- watch() and unwatch() bring the partitions in step (issue 9)
-CREATE OR REPLACE FUNCTION entity_cache.watch(tbl regclass,
-                                   key_template text DEFAULT 'entity:metadata:{code}')
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    templates text[];
-    args text;
-BEGIN
-    IF tbl IS NULL OR key_template IS NULL THEN
-        RAISE EXCEPTION 'entity_cache.watch() needs a table and a key template'
-            USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    PERFORM entity_cache._check_template(tbl, key_template);
-
-    SELECT array_agg(w.key_template) INTO templates
-    FROM entity_cache.watched w WHERE w.relid = tbl;
-    IF key_template = ANY (templates) THEN
-        RETURN;
-    END IF;
-    templates := coalesce(templates, '{}') || key_template;
-    SELECT string_agg(quote_literal(t), ', ') INTO args FROM unnest(templates) t;
-
-    PERFORM entity_cache.unwatch(tbl);
-    -- One trigger per event: PostgreSQL allows transition tables only on
-    -- single-event triggers.  ENABLE ALWAYS: replica-role sessions
-    -- (pg_restore, logical apply, bulk loads) change rows too.
-    EXECUTE format('CREATE TRIGGER entity_cache_insert AFTER INSERT ON %s '
-                   'REFERENCING NEW TABLE AS entity_cache_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, args);
-    EXECUTE format('CREATE TRIGGER entity_cache_update AFTER UPDATE ON %s '
-                   'REFERENCING OLD TABLE AS entity_cache_old NEW TABLE AS entity_cache_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, args);
-    EXECUTE format('CREATE TRIGGER entity_cache_delete AFTER DELETE ON %s '
-                   'REFERENCING OLD TABLE AS entity_cache_old '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, args);
-    EXECUTE format('CREATE TRIGGER entity_cache_truncate AFTER TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, args);
-    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER entity_cache_insert, '
-                   'ENABLE ALWAYS TRIGGER entity_cache_update, '
-                   'ENABLE ALWAYS TRIGGER entity_cache_delete, '
-                   'ENABLE ALWAYS TRIGGER entity_cache_truncate', tbl);
-    -- partitions (issue 9): see _sync_partitions()
-    PERFORM entity_cache._sync_partitions();
-END
-$$;
-
+-- unwatch() brings the partitions in step (issue 9); watch() is replaced
+-- above, with its value function (issue 13)
 CREATE OR REPLACE FUNCTION entity_cache.unwatch(tbl regclass)
 RETURNS void
 LANGUAGE plpgsql

@@ -35,6 +35,7 @@ int			ec_batch_size = 1000;
 int			ec_redis_timeout_ms = 2000;
 double		ec_batch_delay_ms = 1.0;
 int			ec_notify = EC_NOTIFY_APPLIED;
+int			ec_redelete_delay_ms = 100;
 
 EcShared   *ec_shared = NULL;
 
@@ -259,6 +260,17 @@ define_apply_gucs(void)
 							 PGC_USERSET,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("entity_cache.redelete_delay",
+							"Apply every applied key once more after this delay (0 = off).",
+							"UNLINK again in delete mode, read the row again and SET it in refresh "
+							"mode: a stale value that a racing cache-aside reader SET after the "
+							"first application lives at most this long.",
+							&ec_redelete_delay_ms,
+							100, 0, 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 }
 
 static void

@@ -21,6 +21,7 @@
 /* queue.op */
 #define EC_OP_KEY 'k'			/* DEL the key, or SET it in refresh mode */
 #define EC_OP_FLUSH 'f'			/* SCAN MATCH key, UNLINK what matches */
+#define EC_OP_WRITE 'w'			/* SET the key from its row, in either mode */
 
 /* columns of entity_cache.queue, in order */
 #define Natts_ec_queue 6
@@ -60,6 +61,7 @@ extern int	ec_batch_size;
 extern int	ec_redis_timeout_ms;
 extern double ec_batch_delay_ms;
 extern int	ec_notify;
+extern int	ec_redelete_delay_ms;
 
 #define EC_LAST_ERROR_LEN 512
 
@@ -81,6 +83,7 @@ typedef struct EcShared
 	char		last_error[EC_LAST_ERROR_LEN];
 	uint64		notify_skipped;	/* notifications not sent (queue filling, too long) */
 	ConditionVariable applied_cv;	/* broadcast after each applied batch */
+	uint64		redelete_pending;	/* keys waiting to be applied again */
 } EcShared;
 
 extern EcShared *ec_shared;		/* NULL unless preloaded */

@@ -10,10 +10,15 @@
 
 #include "keys.h"
 
+#include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "miscadmin.h"
 #include "pgtime.h"
+#include "executor/spi.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/bytea.h"
@@ -193,10 +198,60 @@ ec_render_key(const EcBoundTemplate *bt, EcValueFn fn, void *arg,
 	return true;
 }
 
+const char *
+ec_spi_row_value(void *arg, AttrNumber attnum)
+{
+	EcSpiRow   *r = arg;
+
+	return SPI_getvalue(r->tuple, r->desc, attnum);
+}
+
 /*
- * The templates a relation is watched with: the arguments of its
- * entity_cache insert trigger, which watch() keeps in step with the other
- * three.  The triggers are the configuration, so pg_dump carries it.
+ * Is this the capture trigger that carries a relation's templates?  Its
+ * name and its function both say so: a user trigger that happens to be
+ * called entity_cache_insert is not ours.
+ */
+bool
+ec_is_capture_trigger(const char *tgname, Oid tgfoid)
+{
+	char	   *fname;
+	Oid			nsp;
+
+	if (strcmp(tgname, EC_TRIGGER_INSERT) != 0)
+		return false;
+	fname = get_func_name(tgfoid);
+	if (fname == NULL || strcmp(fname, "capture") != 0)
+		return false;
+	nsp = get_func_namespace(tgfoid);
+	return OidIsValid(nsp) && get_namespace_oid(EC_SCHEMA, true) == nsp;
+}
+
+/* Split one trigger argument into its template and value function. */
+EcWatched *
+ec_split_watch_arg(const char *arg)
+{
+	EcWatched  *w = palloc0(sizeof(EcWatched));
+	const char *nl = strstr(arg, EC_VALUE_PREFIX);
+
+	w->arg = pstrdup(arg);
+	if (nl == NULL)
+	{
+		w->template = pstrdup(arg);
+		return w;
+	}
+	w->template = pnstrdup(arg, nl - arg);
+	w->value = pstrdup(nl + strlen(EC_VALUE_PREFIX));
+	if (w->value[0] == '\0')
+		w->value = NULL;
+	return w;
+}
+
+/*
+ * The templates a relation is watched with (a List of EcWatched): the
+ * arguments of its capture insert trigger, which watch() keeps in step
+ * with the other three.  The triggers are the configuration, so pg_dump
+ * carries it.  The entity_cache.watched view reads the same triggers
+ * through entity_cache_watched_args(), with the same two functions above.
  */
 List *
 ec_watched_templates(Relation rel)
@@ -210,10 +265,10 @@ ec_watched_templates(Relation rel)
 	{
 		Trigger    *t = &td->triggers[i];
 
-		if (strcmp(t->tgname, EC_TRIGGER_INSERT) != 0)
+		if (!ec_is_capture_trigger(t->tgname, t->tgfoid))
 			continue;
 		for (int j = 0; j < t->tgnargs; j++)
-			result = lappend(result, pstrdup(t->tgargs[j]));
+			result = lappend(result, ec_split_watch_arg(t->tgargs[j]));
 	}
 	return result;
 }
@@ -329,4 +384,83 @@ ec_canonical_settings(void)
 	for (int i = 0; i < lengthof(canonical_settings); i++)
 		SetConfigOption(canonical_settings[i].name, canonical_settings[i].value,
 						PGC_SUSET, PGC_S_OVERRIDE);
+}
+
+/*
+ * The function a stored signature names, or InvalidOid if it no longer
+ * exists (dropped after watch(): callers then fall back to deleting).
+ */
+Oid
+ec_value_fn_oid(const char *value)
+{
+	LOCAL_FCINFO(fcinfo, 1);
+	Datum		result;
+
+	/* to_regprocedure() returns NULL, not an error, for a missing function */
+	InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = CStringGetTextDatum(value);
+	fcinfo->args[0].isnull = false;
+	result = to_regprocedure(fcinfo);
+	return fcinfo->isnull ? InvalidOid : DatumGetObjectId(result);
+}
+
+/*
+ * The SQL expression that gives the cached text of row alias: the value
+ * function's result as text, row_to_json by default.  NULL if the value
+ * function is gone.
+ */
+char *
+ec_value_sql(const char *value, const char *alias)
+{
+	Oid			fn;
+
+	if (value == NULL)
+		return psprintf("pg_catalog.row_to_json(%s)::text", alias);
+	fn = ec_value_fn_oid(value);
+	if (!OidIsValid(fn))
+		return NULL;
+	return psprintf("%s(%s)::text",
+					quote_qualified_identifier(get_namespace_name(get_func_namespace(fn)),
+											   get_func_name(fn)),
+					alias);
+}
+
+/*
+ * Check that fnoid can be a value function for relid: one argument of the
+ * table's row type, returning json, jsonb or text, one row.  Returns the
+ * signature to store.
+ */
+char *
+ec_check_value_fn(Oid relid, Oid fnoid)
+{
+	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fnoid));
+	Form_pg_proc proc;
+	Oid			rowtype = get_rel_type_id(relid);
+	char	   *sig;
+
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("value function with OID %u does not exist", fnoid)));
+	proc = (Form_pg_proc) GETSTRUCT(tup);
+	sig = format_procedure_qualified(fnoid);
+	if (proc->prokind != PROKIND_FUNCTION || proc->proretset)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("value function %s must be a plain function returning one value", sig)));
+	if (proc->pronargs != 1 || proc->proargtypes.values[0] != rowtype)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("value function %s must take exactly one argument of type %s",
+						sig, format_type_be(rowtype)),
+				 errhint("Declare it as CREATE FUNCTION f(r %s) RETURNS jsonb ...",
+						 format_type_be(rowtype))));
+	if (proc->prorettype != JSONOID && proc->prorettype != JSONBOID &&
+		proc->prorettype != TEXTOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("value function %s must return json, jsonb or text, not %s",
+						sig, format_type_be(proc->prorettype))));
+	ReleaseSysCache(tup);
+	return sig;
 }

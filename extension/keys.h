@@ -10,6 +10,7 @@
 
 #include "entity_cache.h"
 
+#include "access/htup.h"
 #include "access/tupdesc.h"
 #include "utils/relcache.h"
 #include "lib/stringinfo.h"
@@ -36,11 +37,41 @@ extern void ec_bind_template(EcBoundTemplate *bt, const char *text, TupleDesc de
 extern char *ec_template_pattern(const EcBoundTemplate *bt);
 extern bool ec_render_key(const EcBoundTemplate *bt, EcValueFn fn, void *arg,
 						  StringInfo key, Datum *vals);
+
+/*
+ * One watched template as a capture trigger argument carries it:
+ * "<template>" or "<template>\nvalue=<schema.fn(argtype)>".  A template
+ * cannot contain a line break (watch() refuses one), and the value function
+ * is kept as its qualified signature, not an OID, so that pg_dump and
+ * pg_restore carry it.
+ */
+typedef struct EcWatched
+{
+	char	   *arg;			/* the trigger argument as stored */
+	char	   *template;
+	char	   *value;			/* signature, or NULL for row_to_json */
+} EcWatched;
+
+#define EC_VALUE_PREFIX "\nvalue="
+
+extern bool ec_is_capture_trigger(const char *tgname, Oid tgfoid);
+extern EcWatched *ec_split_watch_arg(const char *arg);
 extern List *ec_watched_templates(Relation rel);
 extern bool ec_type_needs_canonical(Oid typid);
 extern int	ec_canonical_begin(void);
 extern void ec_canonical_end(int nest);
 extern void ec_canonical_settings(void);
+
+/* an EcValueFn over a row that SPI returned */
+typedef struct EcSpiRow
+{
+	HeapTuple	tuple;
+	TupleDesc	desc;
+} EcSpiRow;
+extern const char *ec_spi_row_value(void *arg, AttrNumber attnum);
+extern Oid	ec_value_fn_oid(const char *value);
+extern char *ec_value_sql(const char *value, const char *alias);
+extern char *ec_check_value_fn(Oid relid, Oid fnoid);
 
 #define EC_TRIGGER_INSERT "entity_cache_insert"
 

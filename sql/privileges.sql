@@ -4,8 +4,9 @@ CREATE ROLE ec_writer LOGIN;
 CREATE ROLE ec_admin LOGIN;
 GRANT USAGE ON SCHEMA app TO ec_writer, ec_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON app.entity TO ec_writer;
-GRANT EXECUTE ON FUNCTION entity_cache.invalidate_key(text), entity_cache.flush_all()
-    TO ec_admin;
+GRANT EXECUTE ON FUNCTION entity_cache.invalidate_key(text), entity_cache.flush_all(),
+    entity_cache.warm(regclass) TO ec_admin;
+GRANT SELECT ON app.entity TO ec_admin;
 
 SET ROLE ec_writer;
 INSERT INTO app.entity (code) VALUES ('p1');
@@ -24,6 +25,9 @@ SHOW entity_cache.redis_password;
 SHOW entity_cache.redis_url;
 SELECT count(*) FROM pg_settings WHERE name IN ('entity_cache.redis_password', 'entity_cache.redis_url');
 SELECT entity_cache.sync('10 ms');
+SELECT entity_cache.warm();
+SELECT * FROM entity_cache.verify();
+SELECT entity_cache.watch('app.entity', 'entity:metadata:{code}', 'pg_catalog.row_to_json(record)');
 RESET ROLE;
 
 -- the writer's changes were captured
@@ -35,6 +39,12 @@ SET ROLE ec_admin;
 SELECT entity_cache.invalidate_key('granted');
 SELECT entity_cache.flush_all();
 RESET ROLE;
+SELECT count(*) FROM take_queue();
+SET ROLE ec_admin;
+SELECT entity_cache.warm();
+RESET ROLE;
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
 GRANT pg_monitor TO ec_writer;
 ALTER SYSTEM SET entity_cache.redis_password = 'hunter2';
 ALTER SYSTEM SET entity_cache.redis_url = 'redis://app:hunter2@127.0.0.1:9/0';
@@ -79,6 +89,8 @@ SELECT entity_cache.watch('app.entity');
 DROP SCHEMA evil CASCADE;
 REVOKE ALL ON app.entity FROM ec_writer;
 REVOKE ALL ON SCHEMA app FROM ec_writer, ec_admin;
-REVOKE ALL ON FUNCTION entity_cache.invalidate_key(text), entity_cache.flush_all() FROM ec_admin;
+REVOKE ALL ON FUNCTION entity_cache.invalidate_key(text), entity_cache.flush_all(),
+    entity_cache.warm(regclass) FROM ec_admin;
+REVOKE ALL ON app.entity FROM ec_admin;
 DROP ROLE ec_writer;
 DROP ROLE ec_admin;

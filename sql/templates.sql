@@ -62,3 +62,42 @@ SET entity_cache.notify = commit;
 INSERT INTO app.tmpl VALUES (4, repeat('k', 524288), 'long', NULL);
 SELECT length(key) FROM queued ORDER BY 1;
 SELECT count(*) FROM take_queue();
+
+-- value functions: checked at watch(), kept by signature in the trigger
+-- arguments, shown by the watched view, carried by the queue rows
+CREATE TABLE app.vf (id int PRIMARY KEY, name text, at timestamptz);
+CREATE FUNCTION app.vf_two(a app.vf, b int) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{}'::jsonb $$;
+CREATE FUNCTION app.vf_int(a app.vf) RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;
+CREATE FUNCTION app.vf_other(a app.tmpl) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{}'::jsonb $$;
+CREATE FUNCTION app.vf_set(a app.vf) RETURNS SETOF text LANGUAGE sql AS $$ SELECT 'x' $$;
+CREATE FUNCTION app.vf_ok(a app.vf) RETURNS text LANGUAGE sql
+    AS $$ SELECT a.id || '/' || a.name $$;
+SELECT entity_cache.watch('app.vf', 'vf:{id}', 'app.vf_two(app.vf, int)');
+SELECT entity_cache.watch('app.vf', 'vf:{id}', 'app.vf_int(app.vf)');
+SELECT entity_cache.watch('app.vf', 'vf:{id}', 'app.vf_other(app.tmpl)');
+SELECT entity_cache.watch('app.vf', 'vf:{id}', 'app.vf_set(app.vf)');
+SELECT entity_cache.watch('app.vf', 'vf:{id}', 'app.vf_nosuch(app.vf)');
+SELECT entity_cache.watch('app.vf', 'vf:{id}', 'app.vf_ok(app.vf)');
+SELECT entity_cache.watch('app.vf', 'vf:name:{name}');
+SELECT * FROM entity_cache.watched WHERE relid = 'app.vf'::regclass;
+-- the same call again changes nothing; another function replaces the first
+SELECT entity_cache.watch('app.vf', 'vf:{id}', 'app.vf_ok(app.vf)');
+SELECT entity_cache.watch('app.vf', 'vf:name:{name}', 'app.vf_ok(app.vf)');
+SELECT * FROM entity_cache.watched WHERE relid = 'app.vf'::regclass;
+SELECT count(*) FROM pg_trigger WHERE tgrelid = 'app.vf'::regclass;
+-- a user trigger that borrows the name is not a capture trigger
+CREATE TABLE app.lookalike (id int);
+CREATE FUNCTION app.noop() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$;
+CREATE TRIGGER entity_cache_insert AFTER INSERT ON app.lookalike
+    FOR EACH STATEMENT EXECUTE FUNCTION app.noop('fake:{id}');
+SELECT * FROM entity_cache.watched WHERE relid = 'app.lookalike'::regclass;
+-- warm() queues op 'w' rows, in any mode, with what finds the row again
+INSERT INTO app.vf VALUES (1, 'one', '2024-03-05 10:00:00.123+00');
+SELECT count(*) FROM take_queue();
+SELECT entity_cache.warm('app.vf');
+SELECT op, key, vals, template FROM entity_cache.queue ORDER BY key;
+SELECT count(*) FROM take_queue();
+SELECT entity_cache.warm('app.lookalike');
+SELECT entity_cache.warm(NULL);
+DROP TABLE app.lookalike;
+DROP FUNCTION app.noop();

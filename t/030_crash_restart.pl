@@ -16,7 +16,8 @@ my $nkeys = 50_000;
 my $redis = start_redis(persist => 1);
 # small batches: the drain of the backlog takes long enough to be interrupted
 # the test framework turns restart_after_crash off; production default is on
-my $node = new_node('crash', $redis,
+# stale values are planted right after applications: no redelete (see new_node)
+my $node = new_node('crash', $redis, no_redelete => 1,
 	conf => "entity_cache.batch_size = 100\nrestart_after_crash = on\n");
 
 my $glob = 'entity:metadata:k*';

@@ -154,7 +154,12 @@ sub create_entity_schema
 		"$FindBin::RealBin/../scripts/app_entity.sql"));
 }
 
-# new_node($name, $redis, conf => "extra lines", no_schema => 1)
+# new_node($name, $redis, conf => "extra lines", no_schema => 1,
+#          no_redelete => 1)
+# no_redelete turns entity_cache.redelete_delay off, for suites that plant
+# values in Redis right after the worker applied a key and check what the
+# worker does next: a redelete would remove them 100 ms later, as it would
+# a racing reader's (t/100_consistency.pl tests that).
 sub new_node
 {
 	my ($name, $redis, %opts) = @_;
@@ -166,7 +171,7 @@ shared_preload_libraries = 'entity_cache'
 entity_cache.database = 'postgres'
 entity_cache.redis_url = '$url'
 entity_cache.redis_timeout = 1000
-} . ($opts{conf} // ''));
+} . ($opts{no_redelete} ? "entity_cache.redelete_delay = 0\n" : '') . ($opts{conf} // ''));
 	$node->start;
 	unless ($opts{no_schema})
 	{

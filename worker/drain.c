@@ -44,22 +44,17 @@
 #include "utils/timestamp.h"
 
 #include "keys.h"
+#include "redelete.h"
 #include "redis_client.h"
 #include "template.h"
+
+/* rows that name one key: delete (or refresh) it, or write it */
+#define IS_KEY_OP(op) ((op) == EC_OP_KEY || (op) == EC_OP_WRITE)
 
 /* keys per UNLINK command in delete mode */
 #define UNLINK_CHUNK 1000
 
-typedef struct QueueRow
-{
-	ItemPointerData tid;
-	char		op;
-	char	   *key;
-	size_t		keylen;
-	Oid			relid;
-	char	   *template;
-	Datum		vals;			/* text[], or 0 */
-} QueueRow;
+typedef EcQueueRow QueueRow;
 
 /*
  * A prepared row lookup for refresh mode, per (relation, template): the
@@ -152,8 +147,8 @@ fetch_rows(Relation rel, int batch_size, bool want_lookup, QueueRow **rows_out)
 		k = DatumGetTextPP(slot->tts_values[Anum_ec_queue_key - 1]);
 		r->keylen = VARSIZE_ANY_EXHDR(k);
 		r->key = text_to_cstring(k);
-		/* what finds the row again matters in refresh mode only */
-		if (want_lookup)
+		/* what finds the row again matters in refresh mode and for writes */
+		if (want_lookup || r->op == EC_OP_WRITE)
 		{
 			if (!slot->tts_isnull[Anum_ec_queue_relid - 1])
 				r->relid = DatumGetObjectId(slot->tts_values[Anum_ec_queue_relid - 1]);
@@ -221,6 +216,8 @@ get_lookup(Relation rel, const char *template)
 	EcBoundTemplate bt;
 	StringInfoData sql;
 	Oid			argtypes[EC_TEMPLATE_MAX_PARTS];
+	EcWatched  *wt;
+	char	   *valexpr;
 	MemoryContext old;
 
 	foreach(lc, lookups)
@@ -230,11 +227,19 @@ get_lookup(Relation rel, const char *template)
 			return l;
 	}
 
-	ec_bind_template(&bt, template, RelationGetDescr(rel));
+	/* the queue keeps the whole trigger argument: template and value function */
+	wt = ec_split_watch_arg(template);
+	ec_bind_template(&bt, wt->template, RelationGetDescr(rel));
 	if (!bt.complete || bt.parsed.ncolumns == 0)
 		ereport(ERROR,
 				(errmsg("key template \"%s\" does not name columns of table \"%s\"",
-						template, RelationGetRelationName(rel))));
+						wt->template, RelationGetRelationName(rel))));
+	valexpr = ec_value_sql(wt->value, "t");
+	if (valexpr == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("value function %s of key template \"%s\" no longer exists",
+						wt->value, wt->template)));
 
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	l = palloc0(sizeof(Lookup));
@@ -243,7 +248,7 @@ get_lookup(Relation rel, const char *template)
 	MemoryContextSwitchTo(old);
 
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT pg_catalog.row_to_json(t)::text FROM %s t WHERE ",
+	appendStringInfo(&sql, "SELECT %s FROM %s t WHERE ", valexpr,
 					 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 												RelationGetRelationName(rel)));
 	for (int i = 0; i < bt.parsed.nparts; i++)
@@ -350,7 +355,9 @@ lookup_range(QueueRow *rows, int from, int to, char **jsons, ErrorData **edata)
 	PG_TRY();
 	{
 		for (int i = from; i < to; i++)
-			if (rows[i].op == EC_OP_KEY && rows[i].key != NULL)
+			if (rows[i].key != NULL &&
+				((rows[i].op == EC_OP_KEY && ec_mode == EC_MODE_REFRESH) ||
+				 rows[i].op == EC_OP_WRITE))
 				jsons[i] = lookup_json(&rows[i]);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
@@ -432,7 +439,7 @@ collapse_duplicates(QueueRow *rows, int n)
 			int			idx;
 		}		   *e;
 
-		if (rows[i].op != EC_OP_KEY || rows[i].key == NULL)
+		if (!IS_KEY_OP(rows[i].op) || rows[i].key == NULL)
 			continue;
 		h = hash_bytes((const unsigned char *) rows[i].key, rows[i].keylen);
 		e = hash_search(seen, &h, HASH_ENTER, &found);
@@ -467,10 +474,13 @@ apply_rows(QueueRow *rows, int n, StringInfo err)
 	int			nargs = 0;
 	char		ttl[16];
 	uint64		flushed = 0;
+	bool		need_lookup = false;
 
 	snprintf(ttl, sizeof(ttl), "%d", ec_ttl);
 	collapse_duplicates(rows, n);
-	if (refresh)
+	for (int i = 0; i < n; i++)
+		need_lookup |= rows[i].op == EC_OP_WRITE && rows[i].key != NULL;
+	if (refresh || need_lookup)
 		lookup_all(rows, n, jsons);
 
 	/* flushes first: a TRUNCATE then INSERT in one batch must end cached */
@@ -483,7 +493,7 @@ apply_rows(QueueRow *rows, int n, StringInfo err)
 	argvlen[0] = 6;
 	for (int i = 0; i < n; i++)
 	{
-		if (rows[i].op != EC_OP_KEY || rows[i].key == NULL)
+		if (!IS_KEY_OP(rows[i].op) || rows[i].key == NULL)
 			continue;
 		if (jsons[i])
 		{
@@ -682,6 +692,8 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	{
 		delete_rows(rel, rows, n);
 		notify_applied(rows, n);
+		/* what a racing cache-aside reader may have undone, do once more */
+		ec_redelete_schedule(rows, n);
 	}
 	table_close(rel, NoLock);
 
@@ -712,4 +724,31 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	if (removed_since_vacuum >= VACUUM_EVERY_ROWS && n < batch_size)
 		vacuum_queue();
 	return EC_DRAIN_OK;
+}
+
+/*
+ * Apply rows once more, outside the queue (the redeletes of redelete.c):
+ * the same commands as a batch, in a transaction of their own because
+ * refresh mode and writes read the rows again.
+ */
+bool
+ec_apply_again(EcQueueRow *rows, int n, StringInfo err)
+{
+	bool		ok;
+
+	if (batch_cxt == NULL)
+		batch_cxt = AllocSetContextCreate(TopMemoryContext, "entity_cache batch",
+										  ALLOCSET_DEFAULT_SIZES);
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	pgstat_report_activity(STATE_RUNNING, "entity_cache redelete");
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	ok = apply_rows(rows, n, err);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	MemoryContextReset(batch_cxt);
+	return ok;
 }

@@ -11,6 +11,20 @@
 #include "datatype/timestamp.h"
 #include "lib/stringinfo.h"
 
+#include "storage/itemptr.h"
+
+/* one queue row as the worker applies it */
+typedef struct EcQueueRow
+{
+	ItemPointerData tid;
+	char		op;
+	char	   *key;			/* NULL: nothing to do for this row */
+	size_t		keylen;
+	Oid			relid;
+	char	   *template;		/* the trigger argument (see EcWatched) */
+	Datum		vals;			/* text[], or 0 */
+} EcQueueRow;
+
 typedef enum EcDrainResult
 {
 	EC_DRAIN_OK,				/* *napplied rows applied and removed */
@@ -20,5 +34,8 @@ typedef enum EcDrainResult
 
 extern EcDrainResult ec_drain_batch(int batch_size, uint64 *napplied,
 									TimestampTz *drained_as_of, StringInfo err);
+
+/* apply rows that are not (or no longer) in the queue: redelete.c */
+extern bool ec_apply_again(EcQueueRow *rows, int n, StringInfo err);
 
 #endif							/* EC_DRAIN_H */

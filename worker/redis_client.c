@@ -253,3 +253,86 @@ ec_redis_flush_pattern(const char *pattern, size_t len, uint64 *nkeys,
 
 	return true;
 }
+
+/*
+ * verify()'s reads: pipelined GETs (not MGET, so that a cluster router can
+ * send each key to its node).  The replies of all n are read even after an
+ * error, so the connection stays in step.
+ */
+bool
+ec_redis_get_many(int n, const char *const *keys, const size_t *keylens,
+				  char **values, size_t *vlens, StringInfo err)
+{
+	bool		ok = true;
+
+	for (int i = 0; i < n; i++)
+	{
+		const char *argv[2] = {"GET", keys[i]};
+		size_t		argvlen[2] = {3, keylens[i]};
+
+		ec_redis_append(2, argv, argvlen);
+	}
+	for (int i = 0; i < n; i++)
+	{
+		redisReply *reply;
+
+		values[i] = NULL;
+		vlens[i] = 0;
+		if (redisGetReply(ctx, (void **) &reply) != REDIS_OK || reply == NULL)
+		{
+			io_error(err, "Redis connection failed while reading replies");
+			return false;
+		}
+		pending--;
+		if (reply->type == REDIS_REPLY_STRING)
+		{
+			values[i] = pnstrdup(reply->str, reply->len);
+			vlens[i] = reply->len;
+		}
+		else if (reply->type != REDIS_REPLY_NIL && ok)
+		{
+			appendStringInfo(err, "Redis GET of \"%.*s\" failed: %s", (int) keylens[i],
+							 keys[i], reply->type == REDIS_REPLY_ERROR ? reply->str :
+							 "not a string");
+			ok = false;
+		}
+		freeReplyObject(reply);
+	}
+	return ok;
+}
+
+bool
+ec_redis_scan(const char *pattern, size_t len, EcScanFn cb, void *arg,
+			  StringInfo err)
+{
+	char		cursor[32] = "0";
+
+	do
+	{
+		const char *argv[6] = {"SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT};
+		size_t		argvlen[6] = {4, strlen(cursor), 5, len, 5, strlen(SCAN_COUNT)};
+		redisReply *reply = redisCommandArgv(ctx, 6, argv, argvlen);
+
+		if (reply == NULL)
+		{
+			io_error(err, "Redis SCAN failed");
+			return false;
+		}
+		if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+			reply->element[0]->type != REDIS_REPLY_STRING ||
+			reply->element[0]->len >= sizeof(cursor) ||
+			reply->element[1]->type != REDIS_REPLY_ARRAY)
+		{
+			appendStringInfo(err, "Redis SCAN failed: %s",
+							 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+			freeReplyObject(reply);
+			return false;
+		}
+		memcpy(cursor, reply->element[0]->str, reply->element[0]->len);
+		cursor[reply->element[0]->len] = '\0';
+		for (size_t i = 0; i < reply->element[1]->elements; i++)
+			cb(arg, reply->element[1]->element[i]->str, reply->element[1]->element[i]->len);
+		freeReplyObject(reply);
+	} while (strcmp(cursor, "0") != 0);
+	return true;
+}

@@ -23,4 +23,17 @@ extern bool ec_redis_read_replies(StringInfo err);
 extern bool ec_redis_flush_pattern(const char *pattern, size_t len,
 								   uint64 *nkeys, StringInfo err);
 
+/*
+ * For verify() (a backend's own connection): GET each of n keys in one
+ * pipelined round trip; values[i] is a palloc'd copy (vlens[i] its length)
+ * or NULL when the key does not exist.
+ */
+extern bool ec_redis_get_many(int n, const char *const *keys, const size_t *keylens,
+							  char **values, size_t *vlens, StringInfo err);
+
+/* SCAN MATCH pattern, calling cb for every key found (duplicates possible). */
+typedef void (*EcScanFn) (void *arg, const char *key, size_t len);
+extern bool ec_redis_scan(const char *pattern, size_t len, EcScanFn cb, void *arg,
+						  StringInfo err);
+
 #endif							/* EC_REDIS_CLIENT_H */

@@ -37,6 +37,7 @@
 
 #include "drain.h"
 #include "keys.h"
+#include "redelete.h"
 #include "redis_client.h"
 
 /* safety net: poll this often even if no commit sets the latch */
@@ -127,6 +128,7 @@ worker_detach(int code, Datum arg)
 	ec_shared->worker_procno = -1;
 	ec_shared->worker_dboid = InvalidOid;
 	ec_shared->redis_connected = false;
+	ec_shared->redelete_pending = 0;	/* lost with this process */
 	SpinLockRelease(&ec_shared->mutex);
 }
 
@@ -446,7 +448,8 @@ pause_after_batch(TimestampTz batch_start, uint64 napplied)
 		ResetLatch(MyLatch);
 		return;
 	}
-	wait_for_commits(POLL_INTERVAL_MS);
+	/* the next commit, or the next redelete that falls due */
+	wait_for_commits(ec_redelete_next_wait(POLL_INTERVAL_MS));
 }
 
 static void
@@ -495,6 +498,8 @@ entity_cache_worker_main(Datum main_arg)
 			continue;
 		batch_start = GetCurrentTimestamp();
 		napplied = drain_once(&st);
+		/* keys applied redelete_delay ago, once more (errors: see status) */
+		(void) ec_redelete_run_due();
 		if (napplied >= 0)
 			pause_after_batch(batch_start, (uint64) napplied);
 	}
