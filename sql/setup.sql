@@ -18,7 +18,7 @@ SELECT classid::regclass, objid::regclass
 FROM pg_depend
 WHERE refobjid = (SELECT oid FROM pg_extension WHERE extname = 'entity_cache')
   AND classid = 'pg_class'::regclass
-ORDER BY 2::text;
+ORDER BY objid::regclass::text;
 
 -- a helper for the suites: show what was queued, then clear it
 CREATE FUNCTION take_queue(OUT op "char", OUT key text, OUT vals text[])
