@@ -12,6 +12,8 @@ OBJS = \
 	worker/worker.o \
 	worker/drain.o \
 	worker/redis_client.o \
+	worker/transport.o \
+	worker/transport_tls.o \
 	worker/redis_url.o
 
 EXTENSION = entity_cache
