@@ -23,7 +23,7 @@ DATA = extension/entity_cache--1.0.sql \
 PGFILEDESC = "entity_cache - keep Redis cache keys in step with table changes"
 
 PG_CPPFLAGS = -I$(srcdir)/extension -I$(srcdir)/worker
-SHLIB_LINK = -lhiredis
+SHLIB_LINK = -lhiredis -lssl -lcrypto
 
 REGRESS = setup capture api templates privileges errors
 # pg_regress starts its own instance, preloaded, with no Redis reachable,

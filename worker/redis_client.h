@@ -41,6 +41,12 @@ extern EcConn *ec_redis_conn(void);
  */
 extern EcConn *ec_redis_open_node(const char *host, int port, StringInfo err);
 
+/*
+ * True when a TLS or Sentinel setting differs from those of the last
+ * ec_redis_connect(): the worker then reconnects, as for a new URL.
+ */
+extern bool ec_redis_tls_settings_changed(void);
+
 /* entity_cache.redis_timeout of the last ec_redis_connect() */
 extern int	ec_redis_timeout(void);
 

@@ -51,6 +51,7 @@ struct EcConn
 	int			first;
 	int			count;
 	int			cap;
+	bool		got_data;		/* anything received yet */
 	bool		broken;
 	char		error[512];
 };
@@ -425,6 +426,14 @@ step_read(EcConn *conn)
 			return -1;
 		if (n == 0)
 			return want;
+		/* a TLS record (alert 0x15, handshake 0x16) where RESP was due */
+		if (!conn->got_data && !conn->tls && (buf[0] == 0x15 || buf[0] == 0x16))
+		{
+			snprintf(conn->error, sizeof(conn->error),
+					 "the server answered with TLS (a TLS Redis behind redis://? use rediss://)");
+			return -1;
+		}
+		conn->got_data = true;
 		if (redisReaderFeed(conn->reader, buf, n) != REDIS_OK)
 			goto protocol_error;
 		for (;;)

@@ -64,13 +64,25 @@ typedef struct EcTlsSettings
 	EcTlsVerify verify;
 } EcTlsSettings;
 
+/*
+ * A TLS client context: trust store, client certificate and verification
+ * mode, loaded once and shared by every connection made with it (so one
+ * reload reads the files once, not once per node).
+ */
+typedef struct EcTlsContext EcTlsContext;
+
+/* NULL with err set if a file cannot be loaded (the message names it) */
+extern EcTlsContext *ec_tls_context_create(const EcTlsSettings *settings,
+										   StringInfo err);
+extern void ec_tls_context_free(EcTlsContext *tlsctx);
+
 /* where to connect */
 typedef struct EcTarget
 {
 	const char *host;			/* TCP: name or IP address (no brackets) */
 	int			port;
 	const char *unix_path;		/* non-NULL and non-empty: a unix socket */
-	const EcTlsSettings *tls;	/* non-NULL: TLS (TCP only) */
+	EcTlsContext *tls;			/* non-NULL: TLS (TCP only) */
 } EcTarget;
 
 /* Deadlines are milliseconds of a monotonic clock. */

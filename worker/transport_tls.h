@@ -23,7 +23,7 @@ extern int	ec_wait_fd(int fd, short events, EcDeadline deadline);
  * host is the name or address the certificate must carry.  NULL with err
  * set (naming the node) on failure.
  */
-extern EcTls *ec_tls_connect(int fd, const char *host, const EcTlsSettings *settings,
+extern EcTls *ec_tls_connect(int fd, const char *host, EcTlsContext *tlsctx,
 							 const char *node, EcDeadline deadline, StringInfo err);
 extern void ec_tls_free(EcTls *tls);
 
