@@ -15,7 +15,8 @@ use Test::More;
 
 our @EXPORT = qw(start_redis restart_redis redis_cli stop_redis new_node
   create_entity_schema wait_for_sync wait_until redis_fill redis_count
-  ec_status worker_pid redis_exist_count worker_count new_standby);
+  ec_status worker_pid redis_exist_count worker_count new_standby
+  make_test_certs);
 
 my @redis_servers;
 
@@ -31,6 +32,7 @@ sub start_redis
 		dir => $opts{dir} // PostgreSQL::Test::Utils::tempdir('redis'),
 		extra => [ @{ $opts{extra} // [] } ],
 		persist => $opts{persist},
+		tls => $opts{tls},
 		password => $opts{password} };
 	_launch_redis($r);
 	push @redis_servers, $r;
@@ -66,7 +68,7 @@ sub _launch_redis
 		'--appendfsync', 'always') : ('--save', '', '--appendonly', 'no');
 	unlink "$dir/redis.pid";
 	my @cmd = (
-		'redis-server', '--port', $port, '--bind', '127.0.0.1',
+		'redis-server', _listen_args($r), '--bind', '127.0.0.1',
 		'--dir', $dir, '--daemonize', 'yes',
 		'--pidfile', "$dir/redis.pid", '--logfile', "$dir/redis.log",
 		@persist, @{ $r->{extra} });
@@ -82,13 +84,38 @@ sub _launch_redis
 	close $fh;
 }
 
+# the port options: plain, or with tls => {cert, key, ca, auth_clients,
+# client_cert, client_key} TLS only (--port 0), as managed services run
+sub _listen_args
+{
+	my ($r) = @_;
+	my $t = $r->{tls};
+	return ('--port', $r->{port}) unless $t;
+	return ('--port', '0', '--tls-port', $r->{port},
+		'--tls-cert-file', $t->{cert}, '--tls-key-file', $t->{key},
+		'--tls-ca-cert-file', $t->{ca},
+		'--tls-auth-clients', $t->{auth_clients} // 'no');
+}
+
+# redis-cli's options to reach $r: over TLS without checking the server
+# (the tests check the worker's verification, not the CLI's), with the
+# trusted client certificate for servers that require one
+sub _cli_tls_args
+{
+	my ($r) = @_;
+	my $t = $r->{tls};
+	return () unless $t;
+	return ('--tls', '--insecure',
+		$t->{client_cert} ? ('--cert', $t->{client_cert}, '--key', $t->{client_key}) : ());
+}
+
 # redis_cli($r, @args): the reply as redis-cli prints it, chomped
 sub redis_cli
 {
 	my ($r, @args) = @_;
 	my @auth = defined $r->{password} ? ('--no-auth-warning', '-a', $r->{password}) : ();
 	my ($out, $err) = ('', '');
-	IPC::Run::run([ 'redis-cli', '-h', '127.0.0.1', '-p', $r->{port}, @auth, @args ],
+	IPC::Run::run([ 'redis-cli', '-h', '127.0.0.1', '-p', $r->{port}, _cli_tls_args($r), @auth, @args ],
 		'>', \$out, '2>', \$err);
 	chomp $out;
 	return $out;
@@ -138,6 +165,52 @@ sub stop_redis
 END
 {
 	stop_redis($_) for @redis_servers;
+}
+
+# make_test_certs($dir): certificates for the TLS suites, made with the
+# openssl CLI: a CA (ca.crt) and another CA nobody trusts (ca2.crt); server
+# certificates for 127.0.0.1 and localhost (server), for another host only
+# (wronghost), expired (expired), signed by the other CA (unknownca); client
+# certificates signed by the CA (client) and by the other one (badclient).
+# Returns { name => path } with each NAME.crt and NAME.key.
+sub make_test_certs
+{
+	my ($dir) = @_;
+	my %p;
+	my $ossl = sub {
+		my ($out, $err) = ('', '');
+		IPC::Run::run([ 'openssl', @_ ], '>', \$out, '2>', \$err)
+		  or die "openssl @_ failed: $err";
+	};
+	for my $ca (qw(ca ca2))
+	{
+		$ossl->('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
+			'-keyout', "$dir/$ca.key", '-out', "$dir/$ca.crt", '-subj', "/CN=entity_cache test $ca");
+		$p{$ca} = "$dir/$ca.crt";
+	}
+	my %certs = (
+		server => [ 'ca', 'IP:127.0.0.1,DNS:localhost', 2 ],
+		wronghost => [ 'ca', 'DNS:other.example', 2 ],
+		expired => [ 'ca', 'IP:127.0.0.1,DNS:localhost', -1 ],
+		unknownca => [ 'ca2', 'IP:127.0.0.1,DNS:localhost', 2 ],
+		client => [ 'ca', 'DNS:entity-cache-client', 2 ],
+		badclient => [ 'ca2', 'DNS:entity-cache-client', 2 ]);
+	for my $name (sort keys %certs)
+	{
+		my ($ca, $san, $days) = @{ $certs{$name} };
+		open my $fh, '>', "$dir/$name.ext" or die;
+		print $fh "subjectAltName = $san\n";
+		close $fh;
+		$ossl->('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', "$dir/$name.key",
+			'-out', "$dir/$name.csr", '-subj', "/CN=$name");
+		$ossl->('x509', '-req', '-in', "$dir/$name.csr", '-CA', "$dir/$ca.crt",
+			'-CAkey', "$dir/$ca.key", '-CAcreateserial', '-days', $days,
+			'-extfile', "$dir/$name.ext", '-out', "$dir/$name.crt");
+		$p{$name} = "$dir/$name.crt";
+		$p{"${name}_key"} = "$dir/$name.key";
+	}
+	chmod 0600, glob("$dir/*.key");
+	return \%p;
 }
 
 # the seed table of the application, as the README describes it

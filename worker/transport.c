@@ -375,9 +375,12 @@ conn_recv(EcConn *conn, char *buf, size_t len, short *want)
 	n = recv(conn->fd, buf, len, 0);
 	if (n > 0)
 		return n;
-	if (n == 0)
+	if (n == 0 || errno == ECONNRESET)
 	{
-		strlcpy(conn->error, "the server closed the connection", sizeof(conn->error));
+		/* a TLS-only server drops a plaintext client at its first command */
+		snprintf(conn->error, sizeof(conn->error), "%s%s",
+				 n == 0 ? "the server closed the connection" : "connection reset by peer",
+				 conn->got_data ? "" : " before answering (a TLS-only Redis behind redis://? use rediss://)");
 		return -1;
 	}
 	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
