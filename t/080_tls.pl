@@ -21,8 +21,8 @@ my $c = make_test_certs(PostgreSQL::Test::Utils::tempdir('certs'));
 my $redis = start_redis(tls => { cert => $c->{server}, key => $c->{server_key}, ca => $c->{ca} });
 my $port = $redis->{port};
 
-# new_node() points at redis://: the first case is a TLS server behind it
-my $node = new_node('tls', $redis, conf => "entity_cache.redis_tls_ca_file = '$c->{ca}'\n");
+# the first case: a TLS server behind redis://
+my $node = new_node('tls', $redis, conf => "entity_cache.redis_url = 'redis://127.0.0.1:$port/0'\n");
 my $pid = worker_pid($node);
 
 sub reload_with

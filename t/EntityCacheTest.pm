@@ -16,7 +16,7 @@ use Test::More;
 our @EXPORT = qw(start_redis restart_redis redis_cli stop_redis new_node
   create_entity_schema wait_for_sync wait_until redis_fill redis_count
   ec_status worker_pid redis_exist_count worker_count new_standby
-  make_test_certs);
+  make_test_certs redis_url);
 
 my @redis_servers;
 
@@ -34,6 +34,8 @@ sub start_redis
 		persist => $opts{persist},
 		tls => $opts{tls},
 		password => $opts{password} };
+	$r->{tls_port} = PostgreSQL::Test::Cluster::get_free_port()
+	  if $r->{tls} && $r->{tls}{plain_port};
 	_launch_redis($r);
 	push @redis_servers, $r;
 	return $r;
@@ -85,13 +87,16 @@ sub _launch_redis
 }
 
 # the port options: plain, or with tls => {cert, key, ca, auth_clients,
-# client_cert, client_key} TLS only (--port 0), as managed services run
+# client_cert, client_key} TLS only (--port 0), as managed services run;
+# with tls => {..., plain_port => 1} both: port plain, tls_port TLS (the
+# fault harness over TLS: the worker on TLS, its readers and checks plain)
 sub _listen_args
 {
 	my ($r) = @_;
 	my $t = $r->{tls};
 	return ('--port', $r->{port}) unless $t;
-	return ('--port', '0', '--tls-port', $r->{port},
+	return ('--port', $t->{plain_port} ? $r->{port} : '0',
+		'--tls-port', $r->{tls_port} // $r->{port},
 		'--tls-cert-file', $t->{cert}, '--tls-key-file', $t->{key},
 		'--tls-ca-cert-file', $t->{ca},
 		'--tls-auth-clients', $t->{auth_clients} // 'no');
@@ -104,7 +109,7 @@ sub _cli_tls_args
 {
 	my ($r) = @_;
 	my $t = $r->{tls};
-	return () unless $t;
+	return () unless $t && !$t->{plain_port};
 	return ('--tls', '--insecure',
 		$t->{client_cert} ? ('--cert', $t->{client_cert}, '--key', $t->{client_key}) : ());
 }
@@ -221,19 +226,28 @@ sub create_entity_schema
 		"$FindBin::RealBin/../scripts/app_entity.sql"));
 }
 
+# the URL the worker reaches $redis with: rediss:// to a TLS server
+sub redis_url
+{
+	my ($r) = @_;
+	return "rediss://127.0.0.1:" . ($r->{tls_port} // $r->{port}) . "/0" if $r->{tls};
+	return "redis://127.0.0.1:$r->{port}/0";
+}
+
 # new_node($name, $redis, conf => "extra lines", no_schema => 1)
 sub new_node
 {
 	my ($name, $redis, %opts) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init(%{ $opts{init} // {} });
-	my $url = "redis://127.0.0.1:$redis->{port}/0";
+	my $url = redis_url($redis);
+	my $ca = $redis->{tls} ? "entity_cache.redis_tls_ca_file = '$redis->{tls}{ca}'\n" : '';
 	$node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'entity_cache'
 entity_cache.database = 'postgres'
 entity_cache.redis_url = '$url'
 entity_cache.redis_timeout = 1000
-} . ($opts{conf} // ''));
+$ca} . ($opts{conf} // ''));
 	$node->start;
 	unless ($opts{no_schema})
 	{
@@ -301,7 +315,7 @@ sub new_standby
 	my $standby = PostgreSQL::Test::Cluster->new($name);
 	$standby->init_from_backup($primary, "${name}_backup", has_streaming => 1);
 	Test::More::like(PostgreSQL::Test::Utils::slurp_file($standby->data_dir . '/postgresql.conf'),
-		qr/shared_preload_libraries = 'entity_cache'.*entity_cache\.redis_url = 'redis:\/\/127\.0\.0\.1:$redis->{port}\/0'/s,
+		qr/shared_preload_libraries = 'entity_cache'.*entity_cache\.redis_url = '\Q@{[ redis_url($redis) ]}\E'/s,
 		"$name: preloads entity_cache, same Redis");
 	$standby->start;
 	$primary->wait_for_catchup($standby);

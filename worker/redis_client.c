@@ -38,6 +38,9 @@ static char cur_password[EC_URL_PASSWORD_MAX];
 static int	cur_timeout_ms = 2000;
 static EcTlsContext *cur_tls = NULL;	/* NULL: plaintext */
 
+/* Sentinel: replicas of the master as its last ROLE reply listed them */
+static int	cur_replicas = 0;
+
 /* the TLS and Sentinel settings in force, to notice a reload changing them */
 static char *used_ca_file = NULL;
 static char *used_cert_file = NULL;
@@ -255,48 +258,131 @@ connect_hosts(StringInfo err)
 	return NULL;
 }
 
-/*
- * Ask sentinel i where the master is: true with host and port set, or
- * false with err set.
- */
-static bool
-sentinel_ask(int i, char *host, size_t hostsize, int *port, StringInfo err)
+/* What one sentinel says of the master. */
+typedef struct SentinelView
 {
-	const RedisUrlHost *s = &cur_url.hosts[i];
-	const char *spass = used_sentinel_password[0] ? used_sentinel_password : cur_url.password;
-	const char *suser = used_sentinel_password[0] ? "" : cur_url.user;
-	const char *argv[3] = {"SENTINEL", "get-master-addr-by-name", cur_url.master};
-	size_t		argvlen[3] = {8, 23, strlen(cur_url.master)};
-	EcConn	   *c;
-	redisReply *reply;
-	bool		ok = false;
+	bool		valid;			/* it answered with an address */
+	bool		failing_over;	/* it is running a failover of the master */
+	long long	epoch;			/* its config-epoch: the newest view wins */
+	char		host[EC_URL_HOST_MAX];
+	int			port;
+} SentinelView;
 
-	c = open_target(s->host, s->port, NULL, suser, spass, -1, "Redis Sentinel", err);
-	if (c == NULL)
-		return false;
-	reply = ec_conn_command(c, 3, argv, argvlen, ec_deadline_after(cur_timeout_ms),
-							"Redis Sentinel", err);
-	if (reply == NULL)
-		;
-	else if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
-			 reply->element[0]->type == REDIS_REPLY_STRING &&
-			 reply->element[1]->type == REDIS_REPLY_STRING &&
-			 reply->element[0]->len < hostsize &&
-			 (*port = atoi(reply->element[1]->str)) > 0 && *port <= 65535)
+/* The value of field in a SENTINEL MASTER reply (a flat array), or NULL. */
+static const char *
+master_field(const redisReply *reply, const char *field)
+{
+	if (reply->type != REDIS_REPLY_ARRAY)
+		return NULL;
+	for (size_t i = 0; i + 1 < reply->elements; i += 2)
+		if (reply->element[i]->type == REDIS_REPLY_STRING &&
+			reply->element[i + 1]->type == REDIS_REPLY_STRING &&
+			strcmp(reply->element[i]->str, field) == 0)
+			return reply->element[i + 1]->str;
+	return NULL;
+}
+
+/* Read the two replies of a sentinel into v; false with err set. */
+static bool
+read_sentinel_view(EcConn *c, SentinelView *v, StringInfo err)
+{
+	redisReply *addr = ec_conn_take_reply(c);
+	redisReply *master = ec_conn_take_reply(c);
+	const char *flags = master_field(master, "flags");
+	const char *epoch = master_field(master, "config-epoch");
+
+	if (addr->type == REDIS_REPLY_ARRAY && addr->elements == 2 &&
+		addr->element[0]->type == REDIS_REPLY_STRING &&
+		addr->element[1]->type == REDIS_REPLY_STRING &&
+		addr->element[0]->len < sizeof(v->host) &&
+		(v->port = atoi(addr->element[1]->str)) > 0 && v->port <= 65535)
 	{
-		memcpy(host, reply->element[0]->str, reply->element[0]->len);
-		host[reply->element[0]->len] = '\0';
-		ok = true;
+		memcpy(v->host, addr->element[0]->str, addr->element[0]->len);
+		v->host[addr->element[0]->len] = '\0';
+		v->valid = true;
+		v->failing_over = flags && strstr(flags, "failover_in_progress") != NULL;
+		v->epoch = epoch ? strtoll(epoch, NULL, 10) : 0;
 	}
-	else if (reply->type == REDIS_REPLY_ERROR)
-		appendStringInfo(err, "Redis Sentinel at %s: %s", ec_conn_node(c), reply->str);
+	else if (addr->type == REDIS_REPLY_ERROR)
+		appendStringInfo(err, "Redis Sentinel at %s: %s", ec_conn_node(c), addr->str);
 	else
 		appendStringInfo(err, "Redis Sentinel at %s does not know a master named \"%s\"",
 						 ec_conn_node(c), cur_url.master);
-	if (reply)
-		freeReplyObject(reply);
-	ec_conn_close(c);
-	return ok;
+	freeReplyObject(addr);
+	freeReplyObject(master);
+	return v->valid;
+}
+
+/*
+ * Ask every sentinel at once (one pipeline each, all in flight together)
+ * where the master is.  views[i] is sentinel i's answer; err collects the
+ * failures.
+ */
+static void
+ask_sentinels(SentinelView *views, StringInfo err)
+{
+	EcConn	   *cs[EC_URL_MAX_HOSTS] = {0};
+	const char *spass = used_sentinel_password[0] ? used_sentinel_password : cur_url.password;
+	const char *suser = used_sentinel_password[0] ? "" : cur_url.user;
+	const char *aargv[3] = {"SENTINEL", "get-master-addr-by-name", cur_url.master};
+	size_t		aargvlen[3] = {8, 23, strlen(cur_url.master)};
+	const char *margv[3] = {"SENTINEL", "master", cur_url.master};
+	size_t		margvlen[3] = {8, 6, strlen(cur_url.master)};
+
+	for (int i = 0; i < cur_url.nhosts; i++)
+	{
+		StringInfoData one;
+
+		initStringInfo(&one);
+		memset(&views[i], 0, sizeof(SentinelView));
+		cs[i] = open_target(cur_url.hosts[i].host, cur_url.hosts[i].port, NULL,
+							suser, spass, -1, "Redis Sentinel", &one);
+		if (cs[i])
+		{
+			ec_conn_append(cs[i], 3, aargv, aargvlen);
+			ec_conn_append(cs[i], 3, margv, margvlen);
+		}
+		else
+			appendStringInfo(err, "%s%s", err->len ? "; " : "", one.data);
+		pfree(one.data);
+	}
+	(void) ec_conn_exchange(cs, cur_url.nhosts, ec_deadline_after(cur_timeout_ms));
+	for (int i = 0; i < cur_url.nhosts; i++)
+	{
+		StringInfoData one;
+
+		if (cs[i] == NULL)
+			continue;
+		initStringInfo(&one);
+		if (ec_conn_is_broken(cs[i]))
+			appendStringInfo(&one, "Redis Sentinel: %s", ec_conn_error(cs[i]));
+		else
+			(void) read_sentinel_view(cs[i], &views[i], &one);
+		if (one.len)
+			appendStringInfo(err, "%s%s", err->len ? "; " : "", one.data);
+		pfree(one.data);
+		ec_conn_close(cs[i]);
+	}
+}
+
+/*
+ * A ROLE reply: the number of replicas of a master, or -1 with err set if
+ * the node is not (or no longer) a master.
+ */
+static int
+role_replicas(EcConn *c, const redisReply *reply, StringInfo err)
+{
+	if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 3 &&
+		reply->element[0]->type == REDIS_REPLY_STRING &&
+		strcmp(reply->element[0]->str, "master") == 0)
+		return reply->element[2]->type == REDIS_REPLY_ARRAY ? (int) reply->element[2]->elements : 0;
+	appendStringInfo(err, "Redis at %s is not the master of \"%s\" (ROLE: %s); asking the sentinels again",
+					 ec_conn_node(c), cur_url.master,
+					 reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+					 reply->element[0]->type == REDIS_REPLY_STRING ?
+					 reply->element[0]->str :
+					 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+	return -1;
 }
 
 /* ROLE says master?  False with err set otherwise. */
@@ -305,46 +391,50 @@ confirm_master(EcConn *c, StringInfo err)
 {
 	redisReply *reply = ec_conn_command(c, 1, (const char *[]) {"ROLE"}, (size_t[]) {4},
 										ec_deadline_after(cur_timeout_ms), "Redis ROLE", err);
-	bool		ok;
 
 	if (reply == NULL)
 		return false;
-	ok = reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
-		reply->element[0]->type == REDIS_REPLY_STRING &&
-		strcmp(reply->element[0]->str, "master") == 0;
-	if (!ok)
-		appendStringInfo(err, "Redis at %s, named master \"%s\" by the sentinels, is not a master (ROLE: %s)",
-						 ec_conn_node(c), cur_url.master,
-						 reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
-						 reply->element[0]->type == REDIS_REPLY_STRING ?
-						 reply->element[0]->str : "unexpected reply");
+	cur_replicas = role_replicas(c, reply, err);
 	freeReplyObject(reply);
-	return ok;
+	return cur_replicas >= 0;
 }
 
-/* One round: each sentinel in turn, until one names a confirmed master. */
+/*
+ * One round: ask every sentinel; unless one of them is running a failover
+ * of the master, connect to the master named by the newest view (highest
+ * config-epoch: after a failover, the sentinels that ran it know first)
+ * and confirm it with ROLE.
+ */
 static EcConn *
 sentinel_round(StringInfo err)
 {
-	char		host[EC_URL_HOST_MAX];
-	int			port;
+	SentinelView views[EC_URL_MAX_HOSTS];
+	SentinelView *best = NULL;
+	EcConn	   *c;
 
+	ask_sentinels(views, err);
 	for (int i = 0; i < cur_url.nhosts; i++)
 	{
-		EcConn	   *c;
-
-		if (err->len > 0)
-			appendStringInfoString(err, "; ");
-		if (!sentinel_ask(i, host, sizeof(host), &port, err))
+		if (!views[i].valid)
 			continue;
-		c = ec_redis_open_node(host, port, err);
-		if (c && confirm_master(c, err))
+		if (views[i].failing_over)
 		{
-			resetStringInfo(err);
-			return c;
+			/* the old master may still accept writes it is about to lose */
+			appendStringInfo(err, "%sRedis Sentinel at %s:%d is running a failover of \"%s\"",
+							 err->len ? "; " : "", cur_url.hosts[i].host,
+							 cur_url.hosts[i].port, cur_url.master);
+			return NULL;
 		}
-		ec_conn_close(c);
+		if (best == NULL || views[i].epoch > best->epoch)
+			best = &views[i];
 	}
+	if (best == NULL)
+		return NULL;
+	resetStringInfo(err);
+	c = ec_redis_open_node(best->host, best->port, err);
+	if (c && confirm_master(c, err))
+		return c;
+	ec_conn_close(c);
 	return NULL;
 }
 
@@ -413,6 +503,53 @@ ec_redis_append(int argc, const char **argv, const size_t *argvlen)
 }
 
 /*
+ * Behind Sentinel, each pipeline ends with WAIT 1 (if the master had a
+ * replica at the last look) and ROLE.  A failover promotes a replica, and
+ * writes the old master acknowledged but had not replicated are lost with
+ * it: so a batch counts as applied only once a replica has it too.  ROLE
+ * notices a master turned replica, and keeps the replica count current.
+ */
+static void
+append_sentinel_guard(void)
+{
+	char		timeout[16];
+
+	if (cur_replicas > 0)
+	{
+		/* half the timeout: the reply must arrive before our deadline */
+		snprintf(timeout, sizeof(timeout), "%d", Max(cur_timeout_ms / 2, 1));
+		ec_conn_append(conn, 3, (const char *[]) {"WAIT", "1", timeout},
+					   (size_t[]) {4, 1, strlen(timeout)});
+	}
+	ec_conn_append(conn, 1, (const char *[]) {"ROLE"}, (size_t[]) {4});
+}
+
+/* The replies of append_sentinel_guard(): false with err set if not safe. */
+static bool
+check_sentinel_guard(bool waited, StringInfo err)
+{
+	redisReply *wait = waited ? ec_conn_take_reply(conn) : NULL;
+	redisReply *role = ec_conn_take_reply(conn);
+	bool		ok = true;
+
+	if (wait && (wait->type != REDIS_REPLY_INTEGER || wait->integer < 1))
+	{
+		appendStringInfo(err, "Redis at %s applied the batch, but no replica confirmed it within %d ms (WAIT); "
+						 "it will be applied again", ec_conn_node(conn), Max(cur_timeout_ms / 2, 1));
+		ok = false;
+	}
+	if (ok)
+	{
+		cur_replicas = role_replicas(conn, role, err);
+		ok = cur_replicas >= 0;
+	}
+	if (wait)
+		freeReplyObject(wait);
+	freeReplyObject(role);
+	return ok;
+}
+
+/*
  * Read the replies of every appended command.  All are read even after an
  * error reply, so the connection stays in step; the first error is kept.
  */
@@ -420,9 +557,13 @@ bool
 ec_redis_read_replies(StringInfo err)
 {
 	bool		ok = true;
-	bool		readonly = false;
-	redisReply *reply;
+	bool		failover = false;
+	int			n = ec_conn_pending(conn);
+	bool		guard = cur_url.sentinel && n > 0;
+	bool		waited = guard && cur_replicas > 0;
 
+	if (guard)
+		append_sentinel_guard();
 	if (!ec_conn_exchange(&conn, 1, ec_deadline_after(cur_timeout_ms)))
 	{
 		appendStringInfo(err, "Redis connection failed while reading replies: %s",
@@ -430,19 +571,35 @@ ec_redis_read_replies(StringInfo err)
 		ec_redis_disconnect();
 		return false;
 	}
-	while ((reply = ec_conn_take_reply(conn)) != NULL)
+	for (int i = 0; i < n; i++)
 	{
+		redisReply *reply = ec_conn_take_reply(conn);
+
 		if (reply->type == REDIS_REPLY_ERROR && ok)
 		{
 			appendStringInfo(err, "Redis replied with an error: %s", reply->str);
 			ok = false;
 			/* behind Sentinel, READONLY means a failover: find the new master */
 			if (cur_url.sentinel && strncmp(reply->str, "READONLY", 8) == 0)
-				readonly = true;
+				failover = true;
 		}
 		freeReplyObject(reply);
 	}
-	if (readonly)
+	if (guard)
+	{
+		StringInfoData gerr;
+
+		initStringInfo(&gerr);
+		if (!check_sentinel_guard(waited, &gerr))
+		{
+			if (ok)
+				appendStringInfoString(err, gerr.data);
+			ok = false;
+			failover = true;
+		}
+		pfree(gerr.data);
+	}
+	if (failover)
 		ec_redis_disconnect();
 	return ok;
 }
