@@ -176,6 +176,52 @@ $p = expect_failure('mismatched client key', $mtls, qr/does not match the certif
 reload_with("ALTER SYSTEM SET entity_cache.redis_tls_key_file = '$c->{client_key}'");
 expect_recovery('matching client key', $mtls, $p, 1);
 
+# 10. rediss-sentinel://: TLS to a sentinel and to the master it names; the
+# sentinel and the master have different passwords
+my $tm = start_redis(tls => { cert => $c->{server}, key => $c->{server_key}, ca => $c->{ca} },
+	extra => [ '--requirepass', 'masterpw' ], password => 'masterpw');
+my $ts = { port => PostgreSQL::Test::Cluster::get_free_port(),
+	dir => PostgreSQL::Test::Utils::tempdir('tls_sentinel'), password => 'sentinelpw',
+	tls => { cert => $c->{server}, key => $c->{server_key}, ca => $c->{ca} } };
+open my $fh, '>', "$ts->{dir}/sentinel.conf" or die;
+print $fh <<"EOC";
+port 0
+tls-port $ts->{port}
+bind 127.0.0.1
+daemonize yes
+pidfile $ts->{dir}/sentinel.pid
+logfile $ts->{dir}/sentinel.log
+dir $ts->{dir}
+tls-cert-file $c->{server}
+tls-key-file $c->{server_key}
+tls-ca-cert-file $c->{ca}
+tls-auth-clients no
+tls-replication yes
+requirepass sentinelpw
+sentinel monitor tlsmaster 127.0.0.1 $tm->{port} 1
+sentinel auth-pass tlsmaster masterpw
+EOC
+close $fh;
+system('redis-server', "$ts->{dir}/sentinel.conf", '--sentinel') == 0 or die 'could not start a TLS sentinel';
+ok(wait_until(sub { redis_cli($ts, 'SENTINEL', 'get-master-addr-by-name', 'tlsmaster') =~ /$tm->{port}/ }, 20),
+	'TLS sentinel: monitors the TLS master');
+$e = errors();
+reload_with("ALTER SYSTEM RESET entity_cache.redis_tls_cert_file; ALTER SYSTEM RESET entity_cache.redis_tls_key_file;
+	ALTER SYSTEM SET entity_cache.redis_url = 'rediss-sentinel://:masterpw\@127.0.0.1:$ts->{port}/0?master=tlsmaster'");
+# the URL's password is the master's, not the sentinel's
+$p = expect_failure('rediss-sentinel://, sentinel password missing', $tm,
+	qr/Redis Sentinel AUTH failed: WRONGPASS/, $e);
+reload_with("ALTER SYSTEM SET entity_cache.redis_sentinel_password = 'sentinelpw'");
+expect_recovery('rediss-sentinel:// with redis_sentinel_password', $tm, $p, 1);
+# (the server itself logs the statements and "parameter ... changed to")
+ok(!grep({ /sentinelpw|masterpw/ && /entity_cache(:| worker)/ } split /\n/, slurp_file($node->logfile)),
+	'no password in the worker\'s messages');
+if (open my $pf, '<', "$ts->{dir}/sentinel.pid")
+{
+	chomp(my $spid = <$pf> // '');
+	kill 'TERM', $spid if $spid;
+}
+
 is(worker_pid($node), $pid, 'the worker never restarted: every failure was an error, not a crash');
 ok(!$node->log_contains(qr/terminated by signal|server process .* was terminated/),
 	'no process crashed');
