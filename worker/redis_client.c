@@ -118,19 +118,23 @@ ec_redis_tls_settings_changed(void)
 }
 
 /*
- * Load the TLS context the URL asks for, from the current settings; also
- * remember those settings.  False with err set if a file is unusable.
+ * Load the TLS context the URL asks for, from the settings remembered for
+ * this connect.  False with err set if a file is unusable.
  */
-static bool
-load_tls(StringInfo err)
+static void
+remember_settings(void)
 {
-	EcTlsSettings settings;
-
 	remember(&used_ca_file, ec_redis_tls_ca_file);
 	remember(&used_cert_file, ec_redis_tls_cert_file);
 	remember(&used_key_file, ec_redis_tls_key_file);
 	remember(&used_sentinel_password, ec_redis_sentinel_password);
 	used_tls_verify = ec_redis_tls_verify;
+}
+
+static bool
+load_tls(StringInfo err)
+{
+	EcTlsSettings settings;
 
 	ec_tls_context_free(cur_tls);
 	cur_tls = NULL;
@@ -238,25 +242,6 @@ ec_redis_open_node(const char *host, int port, StringInfo err)
 					   cur_url.db, "Redis", err);
 }
 
-/* The URL's hosts in order; the first that connects wins. */
-static EcConn *
-connect_hosts(StringInfo err)
-{
-	for (int i = 0; i < cur_url.nhosts; i++)
-	{
-		EcConn	   *c;
-
-		if (i > 0)
-			appendStringInfoString(err, "; ");
-		c = ec_redis_open_node(cur_url.hosts[i].host, cur_url.hosts[i].port, err);
-		if (c)
-		{
-			resetStringInfo(err);
-			return c;
-		}
-	}
-	return NULL;
-}
 
 /* What one sentinel says of the master. */
 typedef struct SentinelView
@@ -376,12 +361,13 @@ role_replicas(EcConn *c, const redisReply *reply, StringInfo err)
 		reply->element[0]->type == REDIS_REPLY_STRING &&
 		strcmp(reply->element[0]->str, "master") == 0)
 		return reply->element[2]->type == REDIS_REPLY_ARRAY ? (int) reply->element[2]->elements : 0;
-	appendStringInfo(err, "Redis at %s is not the master of \"%s\" (ROLE: %s); asking the sentinels again",
-					 ec_conn_node(c), cur_url.master,
+	appendStringInfo(err, "Redis at %s is not %s (ROLE: %s)%s", ec_conn_node(c),
+					 cur_url.sentinel ? "the master the sentinels named" : "a master",
 					 reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
 					 reply->element[0]->type == REDIS_REPLY_STRING ?
 					 reply->element[0]->str :
-					 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+					 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply",
+					 cur_url.sentinel ? "; asking the sentinels again" : "; trying the next host");
 	return -1;
 }
 
@@ -397,6 +383,31 @@ confirm_master(EcConn *c, StringInfo err)
 	cur_replicas = role_replicas(c, reply, err);
 	freeReplyObject(reply);
 	return cur_replicas >= 0;
+}
+
+/*
+ * The URL's hosts in order; the first that connects wins.  With several
+ * hosts, a replica is skipped: they are failover candidates, and after a
+ * promotion the first host may be the old master turned replica.
+ */
+static EcConn *
+connect_hosts(StringInfo err)
+{
+	for (int i = 0; i < cur_url.nhosts; i++)
+	{
+		EcConn	   *c;
+
+		if (i > 0)
+			appendStringInfoString(err, "; ");
+		c = ec_redis_open_node(cur_url.hosts[i].host, cur_url.hosts[i].port, err);
+		if (c && (cur_url.nhosts == 1 || confirm_master(c, err)))
+		{
+			resetStringInfo(err);
+			return c;
+		}
+		ec_conn_close(c);
+	}
+	return NULL;
 }
 
 /*
@@ -469,6 +480,7 @@ ec_redis_connect(const char *urltext, const char *password_override,
 	const char *perr;
 
 	ec_redis_disconnect();
+	remember_settings();
 
 	/* the GUC check hook accepted it, so this cannot fail; check anyway */
 	perr = redis_url_parse(urltext, &cur_url);
@@ -579,8 +591,13 @@ ec_redis_read_replies(StringInfo err)
 		{
 			appendStringInfo(err, "Redis replied with an error: %s", reply->str);
 			ok = false;
-			/* behind Sentinel, READONLY means a failover: find the new master */
-			if (cur_url.sentinel && strncmp(reply->str, "READONLY", 8) == 0)
+			/*
+			 * Behind Sentinel or with several hosts, READONLY means a
+			 * failover: find the new master.  (A lone read-only Redis is
+			 * simply retried.)
+			 */
+			if ((cur_url.sentinel || cur_url.nhosts > 1) &&
+				strncmp(reply->str, "READONLY", 8) == 0)
 				failover = true;
 		}
 		freeReplyObject(reply);
