@@ -15,6 +15,8 @@ OBJS = \
 	worker/drain.o \
 	worker/redelete.o \
 	worker/redis_client.o \
+	worker/transport.o \
+	worker/transport_tls.o \
 	worker/redis_url.o
 
 EXTENSION = entity_cache
@@ -27,7 +29,7 @@ DATA_built = extension/entity_cache--1.1.sql
 PGFILEDESC = "entity_cache - keep Redis cache keys in step with table changes"
 
 PG_CPPFLAGS = -I$(srcdir)/extension -I$(srcdir)/worker
-SHLIB_LINK = -lhiredis
+SHLIB_LINK = -lhiredis -lssl -lcrypto
 
 REGRESS = setup capture api templates privileges errors keys
 # pg_regress starts its own instance, preloaded, with no Redis reachable,

@@ -546,6 +546,8 @@ entity_cache_sync(PG_FUNCTION_ARGS)
 #define EC_STATUS_REFRESH_FAILED 13
 #define EC_STATUS_NOTIFY_SKIPPED 12
 #define EC_STATUS_REDELETE_PENDING 14
+#define EC_STATUS_REDIS_NODE 10
+#define EC_STATUS_REDIS_TLS 11
 
 /* _status(): the row behind the entity_cache.status view. */
 Datum
@@ -582,6 +584,8 @@ entity_cache_status(PG_FUNCTION_ARGS)
 					redelete_pending;
 		TimestampTz err_at;
 		char		err[EC_LAST_ERROR_LEN];
+		char		node[EC_REDIS_NODE_LEN];
+		bool		tls;
 
 		SpinLockAcquire(&ec_shared->mutex);
 		pid = ec_shared->worker_pid;
@@ -593,6 +597,8 @@ entity_cache_status(PG_FUNCTION_ARGS)
 		redelete_pending = ec_shared->redelete_pending;
 		err_at = ec_shared->last_error_at;
 		memcpy(err, ec_shared->last_error, sizeof(err));
+		memcpy(node, ec_shared->redis_node, sizeof(node));
+		tls = ec_shared->redis_tls;
 		SpinLockRelease(&ec_shared->mutex);
 
 		if (pid != 0)
@@ -610,6 +616,14 @@ entity_cache_status(PG_FUNCTION_ARGS)
 		nulls[EC_STATUS_REFRESH_FAILED] = false;
 		values[1] = BoolGetDatum(pid != 0 && connected);
 		nulls[1] = false;
+		/* the node and TLS of the current connection; NULL while none */
+		if (pid != 0 && connected && node[0])
+		{
+			values[EC_STATUS_REDIS_NODE] = CStringGetTextDatum(node);
+			nulls[EC_STATUS_REDIS_NODE] = false;
+			values[EC_STATUS_REDIS_TLS] = BoolGetDatum(tls);
+			nulls[EC_STATUS_REDIS_TLS] = false;
+		}
 		values[4] = Int64GetDatum((int64) applied);
 		nulls[4] = false;
 		values[5] = Int64GetDatum((int64) errors);

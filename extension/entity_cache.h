@@ -63,7 +63,15 @@ extern double ec_batch_delay_ms;
 extern int	ec_notify;
 extern int	ec_redelete_delay_ms;
 
+/* GUCs: TLS and Sentinel (issue 11) */
+extern char *ec_redis_tls_ca_file;
+extern char *ec_redis_tls_cert_file;
+extern char *ec_redis_tls_key_file;
+extern int	ec_redis_tls_verify;	/* an EcTlsVerify (transport.h) */
+extern char *ec_redis_sentinel_password;
+
 #define EC_LAST_ERROR_LEN 512
+#define EC_REDIS_NODE_LEN 300
 
 /* The one shared-memory segment: the worker's face to the backends. */
 typedef struct EcShared
@@ -82,6 +90,8 @@ typedef struct EcShared
 	TimestampTz last_error_at;
 	char		last_error[EC_LAST_ERROR_LEN];
 	uint64		notify_skipped;	/* notifications not sent (queue filling, too long) */
+	char		redis_node[EC_REDIS_NODE_LEN];	/* "host:port" or socket; "" if none */
+	bool		redis_tls;		/* that connection is TLS */
 	ConditionVariable applied_cv;	/* broadcast after each applied batch */
 	uint64		redelete_pending;	/* keys waiting to be applied again */
 } EcShared;

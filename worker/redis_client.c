@@ -1,13 +1,20 @@
 /*-------------------------------------------------------------------------
  *
  * redis_client.c
- *	  Connect (with AUTH and SELECT), pipeline commands, read every reply,
- *	  and flush key patterns with SCAN + UNLINK.
+ *	  Connect (TLS, several hosts, Sentinel; AUTH and SELECT), pipeline
+ *	  commands, read every reply, and flush key patterns with SCAN +
+ *	  UNLINK, over transport.c.
  *
- * Every call is bounded by entity_cache.redis_timeout: a Redis that stalls
- * costs the worker one timeout, never a hang.  After any I/O error the
- * context is unusable (hiredis may have half a reply buffered), so it is
+ * Every exchange is bounded by entity_cache.redis_timeout: a Redis that
+ * stalls costs the worker one timeout, never a hang.  After any I/O error
+ * the connection is unusable (half a reply may be buffered), so it is
  * dropped and the caller reconnects.
+ *
+ * Behind Sentinel, the master is asked of the sentinels at each connect
+ * and confirmed with ROLE.  A failover shows up as a lost connection (the
+ * sentinels kill the clients of a demoted master) or a READONLY reply; the
+ * connection is then dropped, and the next connect asks the sentinels
+ * again, retrying for up to one timeout while they elect a new master.
  *
  *-------------------------------------------------------------------------
  */
@@ -15,157 +22,543 @@
 
 #include "redis_client.h"
 
-#include <hiredis/hiredis.h>
-#include <sys/time.h>
+#include "entity_cache.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "utils/memutils.h"
 
 #include "redis_url.h"
 
-static redisContext *ctx = NULL;
-static int	pending = 0;		/* commands appended, replies not yet read */
+static EcConn *conn = NULL;
+
+/* the settings of the last ec_redis_connect(), for ec_redis_open_node() */
+static RedisUrl cur_url;
+static char cur_password[EC_URL_PASSWORD_MAX];
+static int	cur_timeout_ms = 2000;
+static EcTlsContext *cur_tls = NULL;	/* NULL: plaintext */
+
+/* Sentinel: replicas of the master as its last ROLE reply listed them */
+static int	cur_replicas = 0;
+
+/* the TLS and Sentinel settings in force, to notice a reload changing them */
+static char *used_ca_file = NULL;
+static char *used_cert_file = NULL;
+static char *used_key_file = NULL;
+static int	used_tls_verify = -1;
+static char *used_sentinel_password = NULL;
 
 /* keys per UNLINK when flushing a pattern */
 #define SCAN_COUNT "1000"
 
+/* pause between two rounds of asking the sentinels during a failover */
+#define SENTINEL_RETRY_MS 100
+
+/* status: which node we are connected to, and whether over TLS */
+static void
+publish_node(EcConn *c)
+{
+	if (ec_shared == NULL)
+		return;
+	SpinLockAcquire(&ec_shared->mutex);
+	strlcpy(ec_shared->redis_node, c ? ec_conn_node(c) : "", sizeof(ec_shared->redis_node));
+	ec_shared->redis_tls = c ? ec_conn_is_tls(c) : false;
+	SpinLockRelease(&ec_shared->mutex);
+}
+
 void
 ec_redis_disconnect(void)
 {
-	if (ctx)
-		redisFree(ctx);
-	ctx = NULL;
-	pending = 0;
+	if (conn)
+		publish_node(NULL);
+	ec_conn_close(conn);
+	conn = NULL;
 }
 
 bool
 ec_redis_is_connected(void)
 {
-	return ctx != NULL;
+	return conn != NULL;
+}
+
+EcConn *
+ec_redis_conn(void)
+{
+	return conn;
+}
+
+int
+ec_redis_timeout(void)
+{
+	return cur_timeout_ms;
+}
+
+static bool
+same(const char *a, const char *b)
+{
+	return strcmp(a ? a : "", b ? b : "") == 0;
 }
 
 static void
-io_error(StringInfo err, const char *what)
+remember(char **slot, const char *value)
 {
-	appendStringInfo(err, "%s: %s", what,
-					 ctx && ctx->errstr[0] ? ctx->errstr : "connection lost");
-	ec_redis_disconnect();
+	if (*slot)
+		pfree(*slot);
+	*slot = MemoryContextStrdup(TopMemoryContext, value ? value : "");
 }
 
-/* Run one command synchronously; false with err set unless the reply is OK. */
-static bool
-simple_command(int argc, const char **argv, const size_t *argvlen,
-			   const char *what, StringInfo err)
+bool
+ec_redis_tls_settings_changed(void)
 {
-	redisReply *reply = redisCommandArgv(ctx, argc, argv, argvlen);
-	bool		ok;
+	return !same(used_ca_file, ec_redis_tls_ca_file) ||
+		!same(used_cert_file, ec_redis_tls_cert_file) ||
+		!same(used_key_file, ec_redis_tls_key_file) ||
+		used_tls_verify != ec_redis_tls_verify ||
+		!same(used_sentinel_password, ec_redis_sentinel_password);
+}
 
-	if (reply == NULL)
+/*
+ * Load the TLS context the URL asks for, from the settings remembered for
+ * this connect.  False with err set if a file is unusable.
+ */
+static void
+remember_settings(void)
+{
+	remember(&used_ca_file, ec_redis_tls_ca_file);
+	remember(&used_cert_file, ec_redis_tls_cert_file);
+	remember(&used_key_file, ec_redis_tls_key_file);
+	remember(&used_sentinel_password, ec_redis_sentinel_password);
+	used_tls_verify = ec_redis_tls_verify;
+}
+
+static bool
+load_tls(StringInfo err)
+{
+	EcTlsSettings settings;
+
+	ec_tls_context_free(cur_tls);
+	cur_tls = NULL;
+	if (!cur_url.tls)
+		return true;
+	settings.ca_file = used_ca_file;
+	settings.cert_file = used_cert_file;
+	settings.key_file = used_key_file;
+	settings.verify = (EcTlsVerify) used_tls_verify;
+	cur_tls = ec_tls_context_create(&settings, err);
+	if (cur_tls && settings.verify == EC_TLS_VERIFY_NONE)
+		ereport(WARNING,
+				(errmsg("entity_cache: the Redis server's TLS certificate is not verified"),
+				 errdetail("entity_cache.redis_tls_verify = none: anyone on the network path can impersonate Redis."),
+				 errhint("Set entity_cache.redis_tls_verify to full (or ca) and entity_cache.redis_tls_ca_file.")));
+	return cur_tls != NULL;
+}
+
+/*
+ * AUTH (if there is a password), then SELECT (db > 0) or PING (db == 0),
+ * in one round trip; db < 0: AUTH only (sentinels).  PING proves the
+ * connection works: a server that wants a password we lack fails here,
+ * not at the first batch.
+ */
+static bool
+handshake(EcConn *c, const char *user, const char *password, int db,
+		  const char *who, StringInfo err)
+{
+	const char *labels[2];
+	int			n = 0;
+	bool		ok = true;
+	char		dbtext[16];
+
+	if (password[0])
 	{
-		io_error(err, what);
+		/* AUTH user password for an ACL user, AUTH password otherwise */
+		const char *argv[3] = {"AUTH", user, password};
+		size_t		argvlen[3] = {4, strlen(user), strlen(password)};
+
+		if (user[0])
+			ec_conn_append(c, 3, argv, argvlen);
+		else
+			ec_conn_append(c, 2, (const char *[]) {"AUTH", password},
+						   (size_t[]) {4, strlen(password)});
+		labels[n++] = "AUTH";
+	}
+	snprintf(dbtext, sizeof(dbtext), "%d", db);
+	if (db > 0)
+	{
+		ec_conn_append(c, 2, (const char *[]) {"SELECT", dbtext},
+					   (size_t[]) {6, strlen(dbtext)});
+		labels[n++] = "SELECT";
+	}
+	else if (db == 0)
+	{
+		ec_conn_append(c, 1, (const char *[]) {"PING"}, (size_t[]) {4});
+		labels[n++] = "PING";
+	}
+
+	if (n > 0 && !ec_conn_exchange(&c, 1, ec_deadline_after(cur_timeout_ms)))
+	{
+		appendStringInfo(err, "%s %s: %s", who, labels[0], ec_conn_error(c));
 		return false;
 	}
-	ok = reply->type != REDIS_REPLY_ERROR;
-	if (!ok)
-		appendStringInfo(err, "%s failed: %s", what, reply->str);
-	freeReplyObject(reply);
+	for (int i = 0; i < n; i++)
+	{
+		redisReply *reply = ec_conn_take_reply(c);
+
+		if (ok && reply->type == REDIS_REPLY_ERROR)
+		{
+			appendStringInfo(err, "%s %s failed: %s", who, labels[i], reply->str);
+			ok = false;
+		}
+		freeReplyObject(reply);
+	}
 	return ok;
+}
+
+/* Connect to a node (or socket) and authenticate; NULL with err set. */
+static EcConn *
+open_target(const char *host, int port, const char *unix_path,
+			const char *user, const char *password, int db,
+			const char *who, StringInfo err)
+{
+	EcTarget	target = {0};
+	EcConn	   *c;
+
+	target.host = host;
+	target.port = port;
+	target.unix_path = unix_path;
+	target.tls = unix_path ? NULL : cur_tls;
+	c = ec_conn_open(&target, ec_deadline_after(cur_timeout_ms), err);
+	if (c != NULL && !handshake(c, user, password, db, who, err))
+	{
+		ec_conn_close(c);
+		c = NULL;
+	}
+	return c;
+}
+
+EcConn *
+ec_redis_open_node(const char *host, int port, StringInfo err)
+{
+	return open_target(host, port, NULL, cur_url.user, cur_password,
+					   cur_url.db, "Redis", err);
+}
+
+
+/* What one sentinel says of the master. */
+typedef struct SentinelView
+{
+	bool		valid;			/* it answered with an address */
+	bool		failing_over;	/* it is running a failover of the master */
+	long long	epoch;			/* its config-epoch: the newest view wins */
+	char		host[EC_URL_HOST_MAX];
+	int			port;
+} SentinelView;
+
+/* The value of field in a SENTINEL MASTER reply (a flat array), or NULL. */
+static const char *
+master_field(const redisReply *reply, const char *field)
+{
+	if (reply->type != REDIS_REPLY_ARRAY)
+		return NULL;
+	for (size_t i = 0; i + 1 < reply->elements; i += 2)
+		if (reply->element[i]->type == REDIS_REPLY_STRING &&
+			reply->element[i + 1]->type == REDIS_REPLY_STRING &&
+			strcmp(reply->element[i]->str, field) == 0)
+			return reply->element[i + 1]->str;
+	return NULL;
+}
+
+/* Read the two replies of a sentinel into v; false with err set. */
+static bool
+read_sentinel_view(EcConn *c, SentinelView *v, StringInfo err)
+{
+	redisReply *addr = ec_conn_take_reply(c);
+	redisReply *master = ec_conn_take_reply(c);
+	const char *flags = master_field(master, "flags");
+	const char *epoch = master_field(master, "config-epoch");
+
+	if (addr->type == REDIS_REPLY_ARRAY && addr->elements == 2 &&
+		addr->element[0]->type == REDIS_REPLY_STRING &&
+		addr->element[1]->type == REDIS_REPLY_STRING &&
+		addr->element[0]->len < sizeof(v->host) &&
+		(v->port = atoi(addr->element[1]->str)) > 0 && v->port <= 65535)
+	{
+		memcpy(v->host, addr->element[0]->str, addr->element[0]->len);
+		v->host[addr->element[0]->len] = '\0';
+		v->valid = true;
+		v->failing_over = flags && strstr(flags, "failover_in_progress") != NULL;
+		v->epoch = epoch ? strtoll(epoch, NULL, 10) : 0;
+	}
+	else if (addr->type == REDIS_REPLY_ERROR)
+		appendStringInfo(err, "Redis Sentinel at %s: %s", ec_conn_node(c), addr->str);
+	else
+		appendStringInfo(err, "Redis Sentinel at %s does not know a master named \"%s\"",
+						 ec_conn_node(c), cur_url.master);
+	freeReplyObject(addr);
+	freeReplyObject(master);
+	return v->valid;
+}
+
+/*
+ * Ask every sentinel at once (one pipeline each, all in flight together)
+ * where the master is.  views[i] is sentinel i's answer; err collects the
+ * failures.
+ */
+static void
+ask_sentinels(SentinelView *views, StringInfo err)
+{
+	EcConn	   *cs[EC_URL_MAX_HOSTS] = {0};
+	const char *spass = used_sentinel_password[0] ? used_sentinel_password : cur_url.password;
+	const char *suser = used_sentinel_password[0] ? "" : cur_url.user;
+	const char *aargv[3] = {"SENTINEL", "get-master-addr-by-name", cur_url.master};
+	size_t		aargvlen[3] = {8, 23, strlen(cur_url.master)};
+	const char *margv[3] = {"SENTINEL", "master", cur_url.master};
+	size_t		margvlen[3] = {8, 6, strlen(cur_url.master)};
+
+	for (int i = 0; i < cur_url.nhosts; i++)
+	{
+		StringInfoData one;
+
+		initStringInfo(&one);
+		memset(&views[i], 0, sizeof(SentinelView));
+		cs[i] = open_target(cur_url.hosts[i].host, cur_url.hosts[i].port, NULL,
+							suser, spass, -1, "Redis Sentinel", &one);
+		if (cs[i])
+		{
+			ec_conn_append(cs[i], 3, aargv, aargvlen);
+			ec_conn_append(cs[i], 3, margv, margvlen);
+		}
+		else
+			appendStringInfo(err, "%s%s", err->len ? "; " : "", one.data);
+		pfree(one.data);
+	}
+	(void) ec_conn_exchange(cs, cur_url.nhosts, ec_deadline_after(cur_timeout_ms));
+	for (int i = 0; i < cur_url.nhosts; i++)
+	{
+		StringInfoData one;
+
+		if (cs[i] == NULL)
+			continue;
+		initStringInfo(&one);
+		if (ec_conn_is_broken(cs[i]))
+			appendStringInfo(&one, "Redis Sentinel: %s", ec_conn_error(cs[i]));
+		else
+			(void) read_sentinel_view(cs[i], &views[i], &one);
+		if (one.len)
+			appendStringInfo(err, "%s%s", err->len ? "; " : "", one.data);
+		pfree(one.data);
+		ec_conn_close(cs[i]);
+	}
+}
+
+/*
+ * A ROLE reply: the number of replicas of a master, or -1 with err set if
+ * the node is not (or no longer) a master.
+ */
+static int
+role_replicas(EcConn *c, const redisReply *reply, StringInfo err)
+{
+	if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 3 &&
+		reply->element[0]->type == REDIS_REPLY_STRING &&
+		strcmp(reply->element[0]->str, "master") == 0)
+		return reply->element[2]->type == REDIS_REPLY_ARRAY ? (int) reply->element[2]->elements : 0;
+	appendStringInfo(err, "Redis at %s is not %s (ROLE: %s)%s", ec_conn_node(c),
+					 cur_url.sentinel ? "the master the sentinels named" : "a master",
+					 reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+					 reply->element[0]->type == REDIS_REPLY_STRING ?
+					 reply->element[0]->str :
+					 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply",
+					 cur_url.sentinel ? "; asking the sentinels again" : "; trying the next host");
+	return -1;
+}
+
+/* ROLE says master?  False with err set otherwise. */
+static bool
+confirm_master(EcConn *c, StringInfo err)
+{
+	redisReply *reply = ec_conn_command(c, 1, (const char *[]) {"ROLE"}, (size_t[]) {4},
+										ec_deadline_after(cur_timeout_ms), "Redis ROLE", err);
+
+	if (reply == NULL)
+		return false;
+	cur_replicas = role_replicas(c, reply, err);
+	freeReplyObject(reply);
+	return cur_replicas >= 0;
+}
+
+/*
+ * The URL's hosts in order; the first that connects wins.  With several
+ * hosts, a replica is skipped: they are failover candidates, and after a
+ * promotion the first host may be the old master turned replica.
+ */
+static EcConn *
+connect_hosts(StringInfo err)
+{
+	for (int i = 0; i < cur_url.nhosts; i++)
+	{
+		EcConn	   *c;
+
+		if (i > 0)
+			appendStringInfoString(err, "; ");
+		c = ec_redis_open_node(cur_url.hosts[i].host, cur_url.hosts[i].port, err);
+		if (c && (cur_url.nhosts == 1 || confirm_master(c, err)))
+		{
+			resetStringInfo(err);
+			return c;
+		}
+		ec_conn_close(c);
+	}
+	return NULL;
+}
+
+/*
+ * One round: ask every sentinel; unless one of them is running a failover
+ * of the master, connect to the master named by the newest view (highest
+ * config-epoch: after a failover, the sentinels that ran it know first)
+ * and confirm it with ROLE.
+ */
+static EcConn *
+sentinel_round(StringInfo err)
+{
+	SentinelView views[EC_URL_MAX_HOSTS];
+	SentinelView *best = NULL;
+	EcConn	   *c;
+
+	ask_sentinels(views, err);
+	for (int i = 0; i < cur_url.nhosts; i++)
+	{
+		if (!views[i].valid)
+			continue;
+		if (views[i].failing_over)
+		{
+			/* the old master may still accept writes it is about to lose */
+			appendStringInfo(err, "%sRedis Sentinel at %s:%d is running a failover of \"%s\"",
+							 err->len ? "; " : "", cur_url.hosts[i].host,
+							 cur_url.hosts[i].port, cur_url.master);
+			return NULL;
+		}
+		if (best == NULL || views[i].epoch > best->epoch)
+			best = &views[i];
+	}
+	if (best == NULL)
+		return NULL;
+	resetStringInfo(err);
+	c = ec_redis_open_node(best->host, best->port, err);
+	if (c && confirm_master(c, err))
+		return c;
+	ec_conn_close(c);
+	return NULL;
+}
+
+/*
+ * Rounds of asking the sentinels, for up to one timeout: during a
+ * failover they name the old master until they have elected a new one.
+ */
+static EcConn *
+connect_sentinel(StringInfo err)
+{
+	EcDeadline	deadline = ec_deadline_after(cur_timeout_ms);
+
+	for (;;)
+	{
+		EcConn	   *c;
+
+		resetStringInfo(err);
+		c = sentinel_round(err);
+		if (c || ec_deadline_after(0) + SENTINEL_RETRY_MS >= deadline)
+			return c;
+		/* not WL_LATCH_SET: commits set the latch, and that is for the main loop */
+		(void) WaitLatch(NULL, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, SENTINEL_RETRY_MS,
+						 PG_WAIT_EXTENSION);
+		CHECK_FOR_INTERRUPTS();
+	}
 }
 
 bool
 ec_redis_connect(const char *urltext, const char *password_override,
 				 int timeout_ms, StringInfo err)
 {
-	RedisUrl	url;
 	const char *perr;
-	struct timeval tv;
-	const char *password;
 
 	ec_redis_disconnect();
+	remember_settings();
 
 	/* the GUC check hook accepted it, so this cannot fail; check anyway */
-	perr = redis_url_parse(urltext, &url);
+	perr = redis_url_parse(urltext, &cur_url);
 	if (perr)
 	{
 		appendStringInfo(err, "invalid entity_cache.redis_url: %s", perr);
 		return false;
 	}
-
-	tv.tv_sec = timeout_ms / 1000;
-	tv.tv_usec = (timeout_ms % 1000) * 1000;
-	if (url.is_unix)
-		ctx = redisConnectUnixWithTimeout(url.path, tv);
-	else
-		ctx = redisConnectWithTimeout(url.host, url.port, tv);
-	if (ctx == NULL || ctx->err)
-	{
-		if (url.is_unix)
-			appendStringInfo(err, "could not connect to Redis at %s", url.path);
-		else
-			appendStringInfo(err, "could not connect to Redis at %s:%d", url.host, url.port);
-		io_error(err, "");
+	strlcpy(cur_password,
+			(password_override && password_override[0]) ? password_override : cur_url.password,
+			sizeof(cur_password));
+	cur_timeout_ms = timeout_ms;
+	if (!load_tls(err))
 		return false;
-	}
-	if (redisSetTimeout(ctx, tv) != REDIS_OK)
-	{
-		io_error(err, "could not set the Redis timeout");
-		return false;
-	}
-	if (!url.is_unix)
-		(void) redisEnableKeepAlive(ctx);
 
-	password = (password_override && password_override[0]) ? password_override : url.password;
-	if (password[0])
-	{
-		const char *argv[3] = {"AUTH", url.user, password};
-		size_t		argvlen[3] = {4, strlen(url.user), strlen(password)};
-
-		/* AUTH user password for an ACL user, AUTH password otherwise */
-		if (url.user[0])
-		{
-			if (!simple_command(3, argv, argvlen, "Redis AUTH", err))
-				goto fail;
-		}
-		else
-		{
-			argv[1] = password;
-			argvlen[1] = argvlen[2];
-			if (!simple_command(2, argv, argvlen, "Redis AUTH", err))
-				goto fail;
-		}
-	}
-	if (url.db != 0)
-	{
-		char		db[16];
-		const char *argv[2] = {"SELECT", db};
-		size_t		argvlen[2];
-
-		snprintf(db, sizeof(db), "%d", url.db);
-		argvlen[0] = 6;
-		argvlen[1] = strlen(db);
-		if (!simple_command(2, argv, argvlen, "Redis SELECT", err))
-			goto fail;
-	}
+	if (cur_url.is_unix)
+		conn = open_target(NULL, 0, cur_url.path, cur_url.user, cur_password,
+						   cur_url.db, "Redis", err);
+	else if (cur_url.sentinel)
+		conn = connect_sentinel(err);
 	else
-	{
-		/* prove the connection works: a NOAUTH server fails here */
-		const char *argv[1] = {"PING"};
-		size_t		argvlen[1] = {4};
-
-		if (!simple_command(1, argv, argvlen, "Redis PING", err))
-			goto fail;
-	}
-	return true;
-
-fail:
-	ec_redis_disconnect();
-	return false;
+		conn = connect_hosts(err);
+	publish_node(conn);
+	return conn != NULL;
 }
 
 void
 ec_redis_append(int argc, const char **argv, const size_t *argvlen)
 {
-	Assert(ctx != NULL);
-	/* only fails on out-of-memory, which the read will report */
-	(void) redisAppendCommandArgv(ctx, argc, argv, argvlen);
-	pending++;
+	Assert(conn != NULL);
+	ec_conn_append(conn, argc, argv, argvlen);
+}
+
+/*
+ * Behind Sentinel, each pipeline ends with WAIT 1 (if the master had a
+ * replica at the last look) and ROLE.  A failover promotes a replica, and
+ * writes the old master acknowledged but had not replicated are lost with
+ * it: so a batch counts as applied only once a replica has it too.  ROLE
+ * notices a master turned replica, and keeps the replica count current.
+ */
+static void
+append_sentinel_guard(void)
+{
+	char		timeout[16];
+
+	if (cur_replicas > 0)
+	{
+		/* half the timeout: the reply must arrive before our deadline */
+		snprintf(timeout, sizeof(timeout), "%d", Max(cur_timeout_ms / 2, 1));
+		ec_conn_append(conn, 3, (const char *[]) {"WAIT", "1", timeout},
+					   (size_t[]) {4, 1, strlen(timeout)});
+	}
+	ec_conn_append(conn, 1, (const char *[]) {"ROLE"}, (size_t[]) {4});
+}
+
+/* The replies of append_sentinel_guard(): false with err set if not safe. */
+static bool
+check_sentinel_guard(bool waited, StringInfo err)
+{
+	redisReply *wait = waited ? ec_conn_take_reply(conn) : NULL;
+	redisReply *role = ec_conn_take_reply(conn);
+	bool		ok = true;
+
+	if (wait && (wait->type != REDIS_REPLY_INTEGER || wait->integer < 1))
+	{
+		appendStringInfo(err, "Redis at %s applied the batch, but no replica confirmed it within %d ms (WAIT); "
+						 "it will be applied again", ec_conn_node(conn), Max(cur_timeout_ms / 2, 1));
+		ok = false;
+	}
+	if (ok)
+	{
+		cur_replicas = role_replicas(conn, role, err);
+		ok = cur_replicas >= 0;
+	}
+	if (wait)
+		freeReplyObject(wait);
+	freeReplyObject(role);
+	return ok;
 }
 
 /*
@@ -176,88 +569,150 @@ bool
 ec_redis_read_replies(StringInfo err)
 {
 	bool		ok = true;
+	bool		failover = false;
+	int			n = ec_conn_pending(conn);
+	bool		guard = cur_url.sentinel && n > 0;
+	bool		waited = guard && cur_replicas > 0;
 
-	while (pending > 0)
+	if (guard)
+		append_sentinel_guard();
+	if (!ec_conn_exchange(&conn, 1, ec_deadline_after(cur_timeout_ms)))
 	{
-		redisReply *reply;
+		appendStringInfo(err, "Redis connection failed while reading replies: %s",
+						 ec_conn_error(conn));
+		ec_redis_disconnect();
+		return false;
+	}
+	for (int i = 0; i < n; i++)
+	{
+		redisReply *reply = ec_conn_take_reply(conn);
 
-		if (redisGetReply(ctx, (void **) &reply) != REDIS_OK || reply == NULL)
-		{
-			io_error(err, "Redis connection failed while reading replies");
-			return false;
-		}
-		pending--;
 		if (reply->type == REDIS_REPLY_ERROR && ok)
 		{
 			appendStringInfo(err, "Redis replied with an error: %s", reply->str);
 			ok = false;
+			/*
+			 * Behind Sentinel or with several hosts, READONLY means a
+			 * failover: find the new master.  (A lone read-only Redis is
+			 * simply retried.)
+			 */
+			if ((cur_url.sentinel || cur_url.nhosts > 1) &&
+				strncmp(reply->str, "READONLY", 8) == 0)
+				failover = true;
 		}
 		freeReplyObject(reply);
 	}
+	if (guard)
+	{
+		StringInfoData gerr;
+
+		initStringInfo(&gerr);
+		if (!check_sentinel_guard(waited, &gerr))
+		{
+			if (ok)
+				appendStringInfoString(err, gerr.data);
+			ok = false;
+			failover = true;
+		}
+		pfree(gerr.data);
+	}
+	if (failover)
+		ec_redis_disconnect();
 	return ok;
+}
+
+/*
+ * One page of SCAN cursor MATCH pattern: page_cb gets the page's keys (an
+ * array reply, valid only during the call) and cursor moves on; "0" when
+ * the scan is complete.  The one reader of SCAN replies, for flushes and
+ * for verify()'s orphan search.
+ */
+typedef bool (*ScanPageFn) (void *arg, const redisReply *keys, StringInfo err);
+
+static bool
+scan_page(const char *pattern, size_t len, char *cursor, size_t cursorsize,
+		  ScanPageFn page_cb, void *arg, StringInfo err)
+{
+	const char *argv[6] = {"SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT};
+	size_t		argvlen[6] = {4, strlen(cursor), 5, len, 5, strlen(SCAN_COUNT)};
+	redisReply *reply;
+	bool		ok;
+
+	reply = ec_conn_command(conn, 6, argv, argvlen,
+							ec_deadline_after(cur_timeout_ms), "Redis SCAN failed", err);
+	if (reply == NULL)
+	{
+		ec_redis_disconnect();
+		return false;
+	}
+	if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+		reply->element[0]->type != REDIS_REPLY_STRING ||
+		reply->element[0]->len >= cursorsize ||
+		reply->element[1]->type != REDIS_REPLY_ARRAY)
+	{
+		appendStringInfo(err, "Redis SCAN failed: %s",
+						 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+		freeReplyObject(reply);
+		return false;
+	}
+	memcpy(cursor, reply->element[0]->str, reply->element[0]->len);
+	cursor[reply->element[0]->len] = '\0';
+	ok = page_cb(arg, reply->element[1], err);
+	freeReplyObject(reply);
+	return ok;
+}
+
+/* Every page of a SCAN MATCH, to page_cb. */
+static bool
+scan_all(const char *pattern, size_t len, ScanPageFn page_cb, void *arg,
+		 StringInfo err)
+{
+	char		cursor[32] = "0";
+
+	do
+	{
+		if (!scan_page(pattern, len, cursor, sizeof(cursor), page_cb, arg, err))
+			return false;
+	} while (strcmp(cursor, "0") != 0);
+	return true;
+}
+
+/* A flush's page: UNLINK its keys in one command. */
+static bool
+unlink_page(void *arg, const redisReply *keys, StringInfo err)
+{
+	uint64	   *nkeys = arg;
+	const char **uargv;
+	size_t	   *uargvlen;
+
+	if (keys->elements == 0)
+		return true;
+	uargv = palloc(sizeof(char *) * (keys->elements + 1));
+	uargvlen = palloc(sizeof(size_t) * (keys->elements + 1));
+	uargv[0] = "UNLINK";
+	uargvlen[0] = 6;
+	for (size_t i = 0; i < keys->elements; i++)
+	{
+		uargv[i + 1] = keys->element[i]->str;
+		uargvlen[i + 1] = keys->element[i]->len;
+	}
+	ec_redis_append(keys->elements + 1, uargv, uargvlen);
+	*nkeys += keys->elements;
+	pfree(uargv);
+	pfree(uargvlen);
+	return ec_redis_read_replies(err);
 }
 
 bool
 ec_redis_flush_pattern(const char *pattern, size_t len, uint64 *nkeys,
 					   StringInfo err)
 {
-	char		cursor[32] = "0";
-
-	do
-	{
-		const char *argv[6] = {"SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT};
-		size_t		argvlen[6] = {4, strlen(cursor), 5, len, 5, strlen(SCAN_COUNT)};
-		redisReply *reply = redisCommandArgv(ctx, 6, argv, argvlen);
-		redisReply *keys;
-
-		if (reply == NULL)
-		{
-			io_error(err, "Redis SCAN failed");
-			return false;
-		}
-		if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
-			reply->element[0]->type != REDIS_REPLY_STRING ||
-			reply->element[0]->len >= sizeof(cursor) ||
-			reply->element[1]->type != REDIS_REPLY_ARRAY)
-		{
-			appendStringInfo(err, "Redis SCAN failed: %s",
-							 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
-			freeReplyObject(reply);
-			return false;
-		}
-		memcpy(cursor, reply->element[0]->str, reply->element[0]->len);
-		cursor[reply->element[0]->len] = '\0';
-
-		keys = reply->element[1];
-		if (keys->elements > 0)
-		{
-			const char **uargv = palloc(sizeof(char *) * (keys->elements + 1));
-			size_t	   *uargvlen = palloc(sizeof(size_t) * (keys->elements + 1));
-
-			uargv[0] = "UNLINK";
-			uargvlen[0] = 6;
-			for (size_t i = 0; i < keys->elements; i++)
-			{
-				uargv[i + 1] = keys->element[i]->str;
-				uargvlen[i + 1] = keys->element[i]->len;
-			}
-			ec_redis_append(keys->elements + 1, uargv, uargvlen);
-			*nkeys += keys->elements;
-			pfree(uargv);
-			pfree(uargvlen);
-		}
-		freeReplyObject(reply);
-		if (!ec_redis_read_replies(err))
-			return false;
-	} while (strcmp(cursor, "0") != 0);
-
-	return true;
+	return scan_all(pattern, len, unlink_page, nkeys, err);
 }
 
 /*
- * verify()'s reads: pipelined GETs (not MGET, so that a cluster router can
- * send each key to its node).  The replies of all n are read even after an
- * error, so the connection stays in step.
+ * verify()'s reads: pipelined GETs (not MGET, so that each key could go to
+ * its own cluster node), all in one exchange.
  */
 bool
 ec_redis_get_many(int n, const char *const *keys, const size_t *keylens,
@@ -272,18 +727,19 @@ ec_redis_get_many(int n, const char *const *keys, const size_t *keylens,
 
 		ec_redis_append(2, argv, argvlen);
 	}
+	if (!ec_conn_exchange(&conn, 1, ec_deadline_after(cur_timeout_ms)))
+	{
+		appendStringInfo(err, "Redis connection failed while reading replies: %s",
+						 ec_conn_error(conn));
+		ec_redis_disconnect();
+		return false;
+	}
 	for (int i = 0; i < n; i++)
 	{
-		redisReply *reply;
+		redisReply *reply = ec_conn_take_reply(conn);
 
 		values[i] = NULL;
 		vlens[i] = 0;
-		if (redisGetReply(ctx, (void **) &reply) != REDIS_OK || reply == NULL)
-		{
-			io_error(err, "Redis connection failed while reading replies");
-			return false;
-		}
-		pending--;
 		if (reply->type == REDIS_REPLY_STRING)
 		{
 			values[i] = pnstrdup(reply->str, reply->len);
@@ -301,38 +757,28 @@ ec_redis_get_many(int n, const char *const *keys, const size_t *keylens,
 	return ok;
 }
 
+typedef struct ScanKeys
+{
+	EcScanFn	cb;
+	void	   *arg;
+} ScanKeys;
+
+/* verify()'s page: each key to the caller's callback. */
+static bool
+each_key(void *arg, const redisReply *keys, StringInfo err)
+{
+	ScanKeys   *sk = arg;
+
+	for (size_t i = 0; i < keys->elements; i++)
+		sk->cb(sk->arg, keys->element[i]->str, keys->element[i]->len);
+	return true;
+}
+
 bool
 ec_redis_scan(const char *pattern, size_t len, EcScanFn cb, void *arg,
 			  StringInfo err)
 {
-	char		cursor[32] = "0";
+	ScanKeys	sk = {cb, arg};
 
-	do
-	{
-		const char *argv[6] = {"SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT};
-		size_t		argvlen[6] = {4, strlen(cursor), 5, len, 5, strlen(SCAN_COUNT)};
-		redisReply *reply = redisCommandArgv(ctx, 6, argv, argvlen);
-
-		if (reply == NULL)
-		{
-			io_error(err, "Redis SCAN failed");
-			return false;
-		}
-		if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
-			reply->element[0]->type != REDIS_REPLY_STRING ||
-			reply->element[0]->len >= sizeof(cursor) ||
-			reply->element[1]->type != REDIS_REPLY_ARRAY)
-		{
-			appendStringInfo(err, "Redis SCAN failed: %s",
-							 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
-			freeReplyObject(reply);
-			return false;
-		}
-		memcpy(cursor, reply->element[0]->str, reply->element[0]->len);
-		cursor[reply->element[0]->len] = '\0';
-		for (size_t i = 0; i < reply->element[1]->elements; i++)
-			cb(arg, reply->element[1]->element[i]->str, reply->element[1]->element[i]->len);
-		freeReplyObject(reply);
-	} while (strcmp(cursor, "0") != 0);
-	return true;
+	return scan_all(pattern, len, each_key, &sk, err);
 }

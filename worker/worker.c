@@ -334,9 +334,11 @@ reload_and_reconnect_on_change(WorkerState *st)
 		ProcessConfigFile(PGC_SIGHUP);
 	}
 
+	/* a changed URL, password, timeout or TLS setting: a new connection */
 	if (st->url != NULL && strcmp(st->url, ec_redis_url) == 0 &&
 		strcmp(st->password, ec_redis_password) == 0 &&
-		st->timeout_ms == ec_redis_timeout_ms)
+		st->timeout_ms == ec_redis_timeout_ms &&
+		!ec_redis_tls_settings_changed())
 		return;
 	if (st->url)
 	{
