@@ -3,9 +3,15 @@
  * template.c
  *	  Parse key templates and turn them into Redis MATCH patterns.
  *
- * Grammar: literal text and "{column}" placeholders.  There is no escape
- * for a literal brace: a stray '{' or '}' is far more likely a typo than a
- * wish, so both are errors, reported with their offset.
+ * Grammar: literal text and "{column}" placeholders; "{{" and "}}" stand
+ * for one literal '{' and '}' (Redis Cluster hash tags need them:
+ * 'entity:{{{code}}}:meta' renders 'entity:{e1}:meta').  A single stray
+ * '}' is far more likely a typo than a wish, so it is an error, reported
+ * with its offset.
+ *
+ * A doubled brace ends the literal part just after its first brace and the
+ * next literal starts after the second: parts stay (offset, len) slices of
+ * the template, so whoever copies a literal part copies one brace.
  *
  *-------------------------------------------------------------------------
  */
@@ -49,10 +55,22 @@ ec_template_parse(const char *tmpl, size_t len, EcTemplate *out, size_t *errpos)
 			*errpos = i;
 			return "key template contains a NUL byte";
 		}
+		if ((c == '{' || c == '}') && i + 1 < len && tmpl[i + 1] == c)
+		{
+			/* a literal brace: keep the first, skip the second */
+			if (!add_part(out, lit_start, i + 1 - lit_start, false))
+			{
+				*errpos = i;
+				return "key template has too many parts";
+			}
+			i += 2;
+			lit_start = i;
+			continue;
+		}
 		if (c == '}')
 		{
 			*errpos = i;
-			return "'}' without a matching '{'";
+			return "'}' without a matching '{' (write '}}' for a literal '}')";
 		}
 		if (c == '{')
 		{
