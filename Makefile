@@ -12,7 +12,9 @@ OBJS = \
 	worker/worker.o \
 	worker/drain.o \
 	worker/redis_client.o \
-	worker/redis_url.o
+	worker/redis_url.o \
+	worker/cluster.o \
+	worker/cluster_slots.o
 
 EXTENSION = entity_cache
 DATA = extension/entity_cache--1.0.sql \

@@ -442,6 +442,7 @@ entity_cache_sync(PG_FUNCTION_ARGS)
  */
 #define EC_STATUS_COLUMNS 18
 #define EC_STATUS_DATABASE 8
+#define EC_STATUS_CLUSTER_NODES 15
 
 /* _status(): the row behind the entity_cache.status view. */
 Datum
@@ -466,6 +467,9 @@ entity_cache_status(PG_FUNCTION_ARGS)
 					errors;
 		TimestampTz err_at;
 		char		err[EC_LAST_ERROR_LEN];
+		int			cluster_nodes;
+		TimestampTz cluster_loaded_at;
+		uint64		cluster_redirections;
 
 		SpinLockAcquire(&ec_shared->mutex);
 		pid = ec_shared->worker_pid;
@@ -474,6 +478,9 @@ entity_cache_status(PG_FUNCTION_ARGS)
 		errors = ec_shared->errors_total;
 		err_at = ec_shared->last_error_at;
 		memcpy(err, ec_shared->last_error, sizeof(err));
+		cluster_nodes = ec_shared->cluster_nodes;
+		cluster_loaded_at = ec_shared->cluster_slots_loaded_at;
+		cluster_redirections = ec_shared->cluster_redirections;
 		SpinLockRelease(&ec_shared->mutex);
 
 		if (pid != 0)
@@ -493,6 +500,16 @@ entity_cache_status(PG_FUNCTION_ARGS)
 			nulls[6] = false;
 			values[7] = TimestampTzGetDatum(err_at);
 			nulls[7] = false;
+		}
+		/* cluster columns: NULL unless the worker serves a Redis Cluster */
+		if (pid != 0 && cluster_nodes > 0)
+		{
+			values[EC_STATUS_CLUSTER_NODES] = Int32GetDatum(cluster_nodes);
+			nulls[EC_STATUS_CLUSTER_NODES] = false;
+			values[EC_STATUS_CLUSTER_NODES + 1] = TimestampTzGetDatum(cluster_loaded_at);
+			nulls[EC_STATUS_CLUSTER_NODES + 1] = false;
+			values[EC_STATUS_CLUSTER_NODES + 2] = Int64GetDatum((int64) cluster_redirections);
+			nulls[EC_STATUS_CLUSTER_NODES + 2] = false;
 		}
 	}
 

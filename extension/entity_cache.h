@@ -64,6 +64,10 @@ typedef struct EcShared
 	TimestampTz last_error_at;
 	char		last_error[EC_LAST_ERROR_LEN];
 	ConditionVariable applied_cv;	/* broadcast after each applied batch */
+	/* Redis Cluster (worker/cluster.c); cluster_nodes 0: not a cluster */
+	int			cluster_nodes;	/* primaries in the slot map */
+	TimestampTz cluster_slots_loaded_at;
+	uint64		cluster_redirections;	/* MOVED and ASK followed */
 } EcShared;
 
 extern EcShared *ec_shared;		/* NULL unless preloaded */

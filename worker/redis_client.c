@@ -18,6 +18,7 @@
 #include <hiredis/hiredis.h>
 #include <sys/time.h>
 
+#include "cluster.h"
 #include "redis_url.h"
 
 static redisContext *ctx = NULL;
@@ -33,12 +34,13 @@ ec_redis_disconnect(void)
 		redisFree(ctx);
 	ctx = NULL;
 	pending = 0;
+	ec_cluster_reset();
 }
 
 bool
 ec_redis_is_connected(void)
 {
-	return ctx != NULL;
+	return ctx != NULL || ec_cluster_active();
 }
 
 static void
@@ -51,15 +53,15 @@ io_error(StringInfo err, const char *what)
 
 /* Run one command synchronously; false with err set unless the reply is OK. */
 static bool
-simple_command(int argc, const char **argv, const size_t *argvlen,
+simple_command(redisContext *c, int argc, const char **argv, const size_t *argvlen,
 			   const char *what, StringInfo err)
 {
-	redisReply *reply = redisCommandArgv(ctx, argc, argv, argvlen);
+	redisReply *reply = redisCommandArgv(c, argc, argv, argvlen);
 	bool		ok;
 
 	if (reply == NULL)
 	{
-		io_error(err, what);
+		appendStringInfo(err, "%s: %s", what, c->errstr[0] ? c->errstr : "connection lost");
 		return false;
 	}
 	ok = reply->type != REDIS_REPLY_ERROR;
@@ -69,14 +71,109 @@ simple_command(int argc, const char **argv, const size_t *argvlen,
 	return ok;
 }
 
+/* what every connection of this URL authenticates with, for cluster nodes */
+static char conn_user[EC_URL_USER_MAX];
+static char conn_password[EC_URL_PASSWORD_MAX];
+static int	conn_timeout_ms;
+
+/*
+ * Open one connection to host:port (or the unix socket path) with the
+ * timeout, AUTH and database of the current URL, proven with a command.
+ * NULL with err set on failure.  The single node and every cluster node
+ * go through here, so they authenticate alike.
+ */
+redisContext *
+ec_redis_open(const char *host, int port, const char *path, int db,
+			  StringInfo err)
+{
+	struct timeval tv;
+	redisContext *c;
+
+	tv.tv_sec = conn_timeout_ms / 1000;
+	tv.tv_usec = (conn_timeout_ms % 1000) * 1000;
+	c = path ? redisConnectUnixWithTimeout(path, tv) : redisConnectWithTimeout(host, port, tv);
+	if (c == NULL || c->err)
+	{
+		if (path)
+			appendStringInfo(err, "could not connect to Redis at %s: %s", path,
+							 c ? c->errstr : "out of memory");
+		else
+			appendStringInfo(err, "could not connect to Redis at %s:%d: %s", host, port,
+							 c ? c->errstr : "out of memory");
+		goto fail;
+	}
+	if (redisSetTimeout(c, tv) != REDIS_OK)
+	{
+		appendStringInfo(err, "could not set the Redis timeout: %s", c->errstr);
+		goto fail;
+	}
+	if (!path)
+		(void) redisEnableKeepAlive(c);
+
+	if (conn_password[0])
+	{
+		const char *argv[3] = {"AUTH", conn_user, conn_password};
+		size_t		argvlen[3] = {4, strlen(conn_user), strlen(conn_password)};
+
+		/* AUTH user password for an ACL user, AUTH password otherwise */
+		if (!conn_user[0])
+		{
+			argv[1] = conn_password;
+			argvlen[1] = argvlen[2];
+		}
+		if (!simple_command(c, conn_user[0] ? 3 : 2, argv, argvlen, "Redis AUTH", err))
+			goto fail;
+	}
+	if (db != 0)
+	{
+		char		dbtext[16];
+		const char *argv[2] = {"SELECT", dbtext};
+		size_t		argvlen[2];
+
+		snprintf(dbtext, sizeof(dbtext), "%d", db);
+		argvlen[0] = 6;
+		argvlen[1] = strlen(dbtext);
+		if (!simple_command(c, 2, argv, argvlen, "Redis SELECT", err))
+			goto fail;
+	}
+	else
+	{
+		/* prove the connection works: a NOAUTH server fails here */
+		const char *argv[1] = {"PING"};
+		size_t		argvlen[1] = {4};
+
+		if (!simple_command(c, 1, argv, argvlen, "Redis PING", err))
+			goto fail;
+	}
+	return c;
+
+fail:
+	if (c)
+		redisFree(c);
+	return NULL;
+}
+
+/* Does the node behind c run in cluster mode?  False on any doubt. */
+static bool
+cluster_enabled(redisContext *c)
+{
+	redisReply *reply = redisCommand(c, "INFO cluster");
+	bool		yes;
+
+	if (reply == NULL)
+		return false;
+	yes = reply->type == REDIS_REPLY_STRING &&
+		strstr(reply->str, "cluster_enabled:1") != NULL;
+	freeReplyObject(reply);
+	return yes;
+}
+
 bool
 ec_redis_connect(const char *urltext, const char *password_override,
 				 int timeout_ms, StringInfo err)
 {
 	RedisUrl	url;
 	const char *perr;
-	struct timeval tv;
-	const char *password;
 
 	ec_redis_disconnect();
 
@@ -87,76 +184,32 @@ ec_redis_connect(const char *urltext, const char *password_override,
 		appendStringInfo(err, "invalid entity_cache.redis_url: %s", perr);
 		return false;
 	}
+	strlcpy(conn_user, url.user, sizeof(conn_user));
+	strlcpy(conn_password,
+			(password_override && password_override[0]) ? password_override : url.password,
+			sizeof(conn_password));
+	conn_timeout_ms = timeout_ms;
 
-	tv.tv_sec = timeout_ms / 1000;
-	tv.tv_usec = (timeout_ms % 1000) * 1000;
-	if (url.is_unix)
-		ctx = redisConnectUnixWithTimeout(url.path, tv);
-	else
-		ctx = redisConnectWithTimeout(url.host, url.port, tv);
-	if (ctx == NULL || ctx->err)
-	{
-		if (url.is_unix)
-			appendStringInfo(err, "could not connect to Redis at %s", url.path);
-		else
-			appendStringInfo(err, "could not connect to Redis at %s:%d", url.host, url.port);
-		io_error(err, "");
+	ctx = ec_redis_open(url.host, url.port, url.is_unix ? url.path : NULL, url.db, err);
+	if (ctx == NULL)
 		return false;
-	}
-	if (redisSetTimeout(ctx, tv) != REDIS_OK)
-	{
-		io_error(err, "could not set the Redis timeout");
-		return false;
-	}
-	if (!url.is_unix)
-		(void) redisEnableKeepAlive(ctx);
 
-	password = (password_override && password_override[0]) ? password_override : url.password;
-	if (password[0])
+	/*
+	 * A cluster node: the cluster code takes over with its own connections,
+	 * one per primary, and this one is no longer needed.
+	 */
+	if (!url.is_unix && cluster_enabled(ctx))
 	{
-		const char *argv[3] = {"AUTH", url.user, password};
-		size_t		argvlen[3] = {4, strlen(url.user), strlen(password)};
-
-		/* AUTH user password for an ACL user, AUTH password otherwise */
-		if (url.user[0])
+		ec_redis_disconnect();
+		if (url.db != 0)
 		{
-			if (!simple_command(3, argv, argvlen, "Redis AUTH", err))
-				goto fail;
+			appendStringInfo(err, "Redis at %s:%d is a cluster node, and a cluster has only database 0; "
+							 "remove /%d from entity_cache.redis_url", url.host, url.port, url.db);
+			return false;
 		}
-		else
-		{
-			argv[1] = password;
-			argvlen[1] = argvlen[2];
-			if (!simple_command(2, argv, argvlen, "Redis AUTH", err))
-				goto fail;
-		}
-	}
-	if (url.db != 0)
-	{
-		char		db[16];
-		const char *argv[2] = {"SELECT", db};
-		size_t		argvlen[2];
-
-		snprintf(db, sizeof(db), "%d", url.db);
-		argvlen[0] = 6;
-		argvlen[1] = strlen(db);
-		if (!simple_command(2, argv, argvlen, "Redis SELECT", err))
-			goto fail;
-	}
-	else
-	{
-		/* prove the connection works: a NOAUTH server fails here */
-		const char *argv[1] = {"PING"};
-		size_t		argvlen[1] = {4};
-
-		if (!simple_command(1, argv, argvlen, "Redis PING", err))
-			goto fail;
+		return ec_cluster_start(url.host, url.port, err);
 	}
 	return true;
-
-fail:
-	ec_redis_disconnect();
-	return false;
 }
 
 void
@@ -203,6 +256,8 @@ ec_redis_flush_pattern(const char *pattern, size_t len, uint64 *nkeys,
 {
 	char		cursor[32] = "0";
 
+	if (ec_cluster_active())
+		return ec_cluster_flush_pattern(pattern, len, nkeys, err);
 	do
 	{
 		const char *argv[6] = {"SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT};

@@ -8,12 +8,21 @@
 #ifndef EC_REDIS_CLIENT_H
 #define EC_REDIS_CLIENT_H
 
+#include <hiredis/hiredis.h>
+
 #include "lib/stringinfo.h"
 
 extern bool ec_redis_connect(const char *url, const char *password_override,
 							 int timeout_ms, StringInfo err);
 extern void ec_redis_disconnect(void);
 extern bool ec_redis_is_connected(void);
+
+/*
+ * One more connection with the credentials and timeout of the last
+ * ec_redis_connect() (cluster nodes); path for a unix socket, else host.
+ */
+extern redisContext *ec_redis_open(const char *host, int port, const char *path,
+								   int db, StringInfo err);
 
 /* Pipelining: append commands, then read all their replies in one go. */
 extern void ec_redis_append(int argc, const char **argv, const size_t *argvlen);

@@ -1,0 +1,177 @@
+# Redis Cluster: 3 primaries + 3 replicas on loopback, created with
+# redis-cli --cluster create.  The worker is given one seed and finds the
+# rest from CLUSTER SLOTS.
+#
+#   - refresh mode writes every key on the primary that owns its slot
+#     (found there by KEYS, no redirection needed), over all 3 primaries;
+#     delete mode removes them; hash-tagged keys ('{{' '}}' in templates)
+#     land in their tag's slot, many keys of one slot go in one UNLINK
+#   - flush_all() removes every matching key on every primary and nothing
+#     else
+#   - 2,000 slots resharded while 500 writes/s run, then a replica promoted
+#     with CLUSTER FAILOVER and a primary killed with kill -9 while writes
+#     run: after sync(), 0 lost invalidations and 0 stale keys (the cache is
+#     filled with every row's JSON before each fault; "lost" and "stale" as
+#     in EntityCacheTest::lost_and_stale)
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(sleep time);
+use EntityCacheTest;
+
+my $ncodes = 1000;
+my $t0 = time();
+
+my $c = start_redis_cluster(primaries => 3, replicas => 1);
+my @primaries = cluster_primaries($c);
+is(scalar @primaries, 3, 'cluster of 3 primaries is up');
+
+my $node = new_node('primary', $c->{seed}, conf => "entity_cache.mode = 'refresh'\n");
+ok(wait_until(sub { ec_status($node)->{redis_connected} eq 't' }), 'worker connected');
+my $st = ec_status($node);
+is($st->{cluster_nodes}, '3', 'status: 3 primaries in the slot map');
+isnt($st->{cluster_slots_loaded_at}, '', 'status: slot map load time');
+
+sub set_mode
+{
+	my ($mode) = @_;
+	$node->safe_psql('postgres', "ALTER SYSTEM SET entity_cache.mode = '$mode'; SELECT pg_reload_conf()");
+	# the postmaster forwards SIGHUP at once; the worker reloads before its next batch
+	sleep 1;
+}
+
+# Fill the cache with every row's JSON through refresh mode; returns the
+# rows as they were then.
+sub fill_cache
+{
+	my ($what) = @_;
+	set_mode('refresh');
+	$node->safe_psql('postgres', 'UPDATE app.entity SET label = label');
+	ok(wait_for_sync($node), "$what: refresh applied");
+	my $rows = row_jsons($node);
+	my $cache = cluster_dump($c, 'entity:metadata:*');
+	is(scalar(grep { ($cache->{"entity:metadata:$_"} // '') eq $rows->{$_} } keys %$rows),
+		$ncodes, "$what: every key holds its row's JSON, on the primary of its slot");
+	set_mode('delete');
+	return $rows;
+}
+
+# --- keys over every primary, refresh then delete
+$node->safe_psql('postgres', qq{
+INSERT INTO app.entity (code, label) SELECT 'c' || g, 'L' || g FROM generate_series(1, $ncodes) g});
+ok(wait_for_sync($node), 'inserts applied');
+my $rows = row_jsons($node);
+for my $port (@primaries)
+{
+	my ($r) = grep { $_->{port} == $port } @{ $c->{nodes} };
+	cmp_ok(redis_count($r, 'entity:metadata:*'), '>', 200, "primary $port holds its share of the keys");
+}
+is(ec_status($node)->{cluster_redirections}, '0',
+	'no redirection: every key went straight to the owner of its slot');
+my $cache = cluster_dump($c, 'entity:metadata:*');
+is(scalar(grep { ($cache->{"entity:metadata:$_"} // '') eq $rows->{$_} } keys %$rows),
+	$ncodes, 'refresh mode: every key holds its row JSON');
+
+set_mode('delete');
+$node->safe_psql('postgres', "UPDATE app.entity SET label = 'x' || label");
+ok(wait_for_sync($node), 'updates applied');
+is(scalar keys %{ cluster_dump($c, 'entity:*') }, 0, 'delete mode: every key removed from every primary');
+
+# --- hash tags: a key per row in the slot of its code, and a group key
+# template whose keys all share one slot (one multi-key UNLINK)
+$node->safe_psql('postgres', q{
+SELECT entity_cache.watch('app.entity', 'entity:{{{code}}}:meta');
+SELECT entity_cache.watch('app.entity', 'grp:{{all}}:{code}')});
+is(cluster_cli($c, 'CLUSTER', 'KEYSLOT', 'entity:{c7}:meta'), cluster_cli($c, 'CLUSTER', 'KEYSLOT', 'c7'),
+	'a hash-tagged key is in its tag\'s slot');
+for my $i (1 .. 40)
+{
+	cluster_cli($c, 'SET', "entity:{c$i}:meta", 'stale');
+	cluster_cli($c, 'SET', "grp:{all}:c$i", 'stale');
+}
+cluster_cli($c, 'SET', 'other:{all}:keep', 'keep');
+$node->safe_psql('postgres', "UPDATE app.entity SET label = 'y' || label WHERE code IN ("
+	  . join(',', map { "'c$_'" } 1 .. 40) . ")");
+ok(wait_for_sync($node), 'hash-tagged updates applied');
+is(scalar keys %{ cluster_dump($c, 'entity:{*') }, 0, 'hash-tagged keys removed');
+is(scalar keys %{ cluster_dump($c, 'grp:*') }, 0, 'keys of one slot removed');
+is(cluster_cli($c, 'GET', 'other:{all}:keep'), 'keep', 'a key of the same slot outside the templates kept');
+
+# --- flush_all(): every matching key on every primary, nothing else
+for my $i (1 .. 30)
+{
+	cluster_cli($c, 'SET', "entity:metadata:gone$i", 'x');
+	cluster_cli($c, 'SET', "entity:{gone$i}:meta", 'x');
+	cluster_cli($c, 'SET', "keep:$i", 'x');
+}
+$node->safe_psql('postgres', 'SELECT entity_cache.flush_all()');
+ok(wait_for_sync($node), 'flush applied');
+is(scalar keys %{ cluster_dump($c, 'entity:*') }, 0, 'flush_all: no matching key left on any primary');
+is(scalar keys %{ cluster_dump($c, 'keep:*') }, 30, 'flush_all: other keys kept');
+is(cluster_cli($c, 'GET', 'other:{all}:keep'), 'keep', 'flush_all: other key of a template slot kept');
+$node->safe_psql('postgres', q{
+SELECT entity_cache.unwatch('app.entity');
+SELECT entity_cache.watch('app.entity', 'entity:metadata:{code}')});
+
+# --- a fault under 500 writes/s: 0 lost, 0 stale
+sub under_load
+{
+	my ($what, $seconds, $fault) = @_;
+	my $before = fill_cache($what);
+	my $load = start_update_load($node, $ncodes, 500, $seconds);
+	sleep 2;
+	$fault->();
+	my $done = finish_update_load($load);
+	cmp_ok($done, '>', 500, "$what: writes ran ($done)");
+	ok(cluster_wait_ok($c), "$what: cluster_state:ok again");
+	ok(wait_for_sync($node, 120), "$what: sync() after the load");
+	my ($lost, $stale) = lost_and_stale($before, row_jsons($node),
+		cluster_dump($c, 'entity:metadata:*'), 'entity:metadata:');
+	is($lost, 0, "$what: 0 lost invalidations");
+	is($stale, 0, "$what: 0 stale keys");
+	note sprintf('%s: %d writes, lost %d, stale %d, redirections so far %s',
+		$what, $done, $lost, $stale, ec_status($node)->{cluster_redirections});
+}
+
+sub node_id
+{
+	my ($port) = @_;
+	my ($r) = grep { $_->{port} == $port } @{ $c->{nodes} };
+	return redis_cli($r, 'CLUSTER', 'MYID');
+}
+
+under_load('reshard', 15, sub {
+	my ($from, $to) = (node_id($primaries[0]), node_id($primaries[1]));
+	my ($out, $err) = ('', '');
+	my $ok = IPC::Run::run([ 'redis-cli', '--cluster', 'reshard', "127.0.0.1:$primaries[0]",
+			'--cluster-from', $from, '--cluster-to', $to,
+			'--cluster-slots', '2000', '--cluster-yes' ],
+		'>', \$out, '2>', \$err);
+	ok($ok, '2,000 slots resharded') or diag "$out\n$err";
+});
+cmp_ok(ec_status($node)->{cluster_redirections}, '>', 0, 'reshard: redirections followed');
+
+under_load('failover', 20, sub {
+	# a replica of the second primary takes over, cleanly
+	my $victim = $primaries[1];
+	my @reps = grep { redis_cli($_, 'ROLE') =~ /^slave\n127\.0\.0\.1\n$victim\n/ } @{ $c->{nodes} };
+	ok(@reps, 'a replica of the primary on ' . $victim);
+	is(redis_cli($reps[0], 'CLUSTER', 'FAILOVER'), 'OK', 'CLUSTER FAILOVER');
+	ok(wait_until(sub { redis_cli($reps[0], 'ROLE') =~ /^master/ }, 30), 'replica promoted');
+	sleep 3;
+	# the third primary dies: its replica is elected after node_timeout
+	my ($dead) = grep { $_->{port} == $primaries[2] } @{ $c->{nodes} };
+	kill 'KILL', $dead->{pid};
+	delete $dead->{pid};
+	ok(wait_until(sub { my @p = cluster_primaries($c); @p == 3 && cluster_wait_ok($c, 1) }, 60),
+		'a replica replaced the killed primary');
+});
+
+note sprintf('t/090 took %.0f s', time() - $t0);
+$node->stop;
+done_testing();

@@ -1,0 +1,587 @@
+/*-------------------------------------------------------------------------
+ *
+ * cluster.c
+ *	  Redis Cluster for the worker: the slot map, a connection per node,
+ *	  and batches routed to the primaries of their keys' slots.
+ *
+ * The map comes from CLUSTER SLOTS of the first node that answers (the
+ * seed of the URL, then every primary known).  A batch is split by node;
+ * every node's pipeline is written before any reply is read, so all nodes
+ * work at once and a batch costs the slowest node's round trip, not the
+ * sum.  Replies are matched to commands in order, per connection:
+ *
+ *	MOVED	 the slot has a new owner: resend there, and reload the map
+ *	ASK		 the slot is migrating and this key is already on the target:
+ *			 resend there after ASKING, map unchanged
+ *	TRYAGAIN / CLUSTERDOWN / LOADING / MASTERDOWN
+ *			 transient: pause, then resend
+ *
+ * A command counts as done only on a reply from the node that owns its
+ * slot (a redirection is not an acknowledgement), and the caller deletes
+ * only the queue rows of done commands.  Whatever is still not done after
+ * a few rounds is left for the next batch, which starts with a fresh map.
+ *
+ * FALLBACK TRANSPORT: node connections are hiredis redisContexts opened by
+ * ec_redis_open(), blocking with the redis_timeout; "all in flight" comes
+ * from writing every pipeline before reading any.  This is meant to be
+ * folded into the worker's own transport (TCP/unix/TLS, several
+ * connections polled at once) when that lands.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "cluster.h"
+
+#include <hiredis/hiredis.h>
+
+#include "entity_cache.h"
+
+#include "miscadmin.h"
+#include "storage/latch.h"
+#include "storage/spin.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "cluster_slots.h"
+#include "redis_client.h"
+
+/* connections: primaries, plus redirection targets not yet in the map */
+#define MAX_CONNS (2 * EC_CLUSTER_MAX_NODES)
+/* rounds of one run: enough for MOVED then ASK then a retry or two */
+#define MAX_ROUNDS 6
+#define PAUSE_MS 50
+#define PAUSE_MAX_MS 800
+/* SCAN page size when flushing a pattern */
+#define SCAN_COUNT "1000"
+
+typedef struct NodeConn
+{
+	char		host[EC_CLUSTER_HOST_MAX];
+	int			port;
+	redisContext *ctx;			/* NULL until connected, or after an error */
+	int			nsent;			/* commands written this round */
+} NodeConn;
+
+static bool active = false;
+static EcSlotMap *map = NULL;	/* in TopMemoryContext, once */
+static EcSlotMap *spare = NULL; /* the next map is parsed here, then swapped */
+static NodeConn *conns = NULL;
+static int	nconns = 0;
+static bool map_stale = false;
+static char seed_host[EC_CLUSTER_HOST_MAX];
+static int	seed_port;
+static uint64 redirections = 0;
+
+static void
+publish_status(bool loaded)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	SpinLockAcquire(&ec_shared->mutex);
+	ec_shared->cluster_nodes = active ? map->nnodes : 0;
+	if (loaded)
+		ec_shared->cluster_slots_loaded_at = now;
+	ec_shared->cluster_redirections = redirections;
+	SpinLockRelease(&ec_shared->mutex);
+}
+
+bool
+ec_cluster_active(void)
+{
+	return active;
+}
+
+int
+ec_cluster_key_slot(const char *key, size_t len)
+{
+	return ec_key_slot(key, len);
+}
+
+static void
+conn_drop(int i)
+{
+	if (conns[i].ctx)
+		redisFree(conns[i].ctx);
+	conns[i].ctx = NULL;
+	conns[i].nsent = 0;
+}
+
+void
+ec_cluster_reset(void)
+{
+	for (int i = 0; i < nconns; i++)
+		conn_drop(i);
+	nconns = 0;
+	if (active)
+	{
+		active = false;
+		publish_status(false);
+	}
+}
+
+/* The connection slot of host:port, added if new; -1 if the table is full. */
+static int
+get_conn(const char *host, int port)
+{
+	for (int i = 0; i < nconns; i++)
+		if (conns[i].port == port && strcmp(conns[i].host, host) == 0)
+			return i;
+	if (nconns >= MAX_CONNS || strlen(host) >= EC_CLUSTER_HOST_MAX)
+		return -1;
+	strlcpy(conns[nconns].host, host, EC_CLUSTER_HOST_MAX);
+	conns[nconns].port = port;
+	conns[nconns].ctx = NULL;
+	conns[nconns].nsent = 0;
+	return nconns++;
+}
+
+static bool
+conn_ready(int i, StringInfo err)
+{
+	if (conns[i].ctx == NULL)
+		conns[i].ctx = ec_redis_open(conns[i].host, conns[i].port, NULL, 0, err);
+	return conns[i].ctx != NULL;
+}
+
+/* Ask one node for the slot map; true once map holds a new one. */
+static bool
+load_from(const char *host, int port, StringInfo err)
+{
+	int			i = get_conn(host, port);
+	redisReply *reply;
+	const char *perr;
+	EcSlotMap  *t;
+
+	if (i < 0 || !conn_ready(i, err))
+		return false;
+	reply = redisCommand(conns[i].ctx, "CLUSTER SLOTS");
+	if (reply == NULL)
+	{
+		appendStringInfo(err, "CLUSTER SLOTS from %s:%d: %s", host, port,
+						 conns[i].ctx->errstr[0] ? conns[i].ctx->errstr : "connection lost");
+		conn_drop(i);
+		return false;
+	}
+	perr = ec_cluster_parse_slots(reply, host, spare);
+	if (perr)
+		appendStringInfo(err, "%s (from %s:%d%s%s)", perr, host, port,
+						 reply->type == REDIS_REPLY_ERROR ? ": " : "",
+						 reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+	freeReplyObject(reply);
+	if (perr)
+		return false;
+	t = map;
+	map = spare;
+	spare = t;
+	return true;
+}
+
+/*
+ * Reload the map from the first node that answers: the primaries of the
+ * current map (the seed may be the node that died), then the seed.
+ */
+static bool
+refresh_map(StringInfo err)
+{
+	EcClusterNode *known = NULL;
+	int			nknown = 0;
+	bool		ok = false;
+
+	if (active)
+	{
+		nknown = map->nnodes;
+		known = palloc(sizeof(EcClusterNode) * Max(nknown, 1));
+		memcpy(known, map->nodes, sizeof(EcClusterNode) * nknown);
+	}
+	for (int i = 0; i < nknown && !ok; i++)
+	{
+		resetStringInfo(err);
+		ok = load_from(known[i].host, known[i].port, err);
+	}
+	if (!ok)
+	{
+		resetStringInfo(err);
+		ok = load_from(seed_host, seed_port, err);
+	}
+	if (known)
+		pfree(known);
+	if (ok)
+	{
+		map_stale = false;
+		active = true;
+		publish_status(true);
+	}
+	return ok;
+}
+
+bool
+ec_cluster_start(const char *host, int port, StringInfo err)
+{
+	if (map == NULL)
+	{
+		map = MemoryContextAlloc(TopMemoryContext, sizeof(EcSlotMap));
+		spare = MemoryContextAlloc(TopMemoryContext, sizeof(EcSlotMap));
+		conns = MemoryContextAllocZero(TopMemoryContext, sizeof(NodeConn) * MAX_CONNS);
+	}
+	ec_cluster_reset();
+	strlcpy(seed_host, host, sizeof(seed_host));
+	seed_port = port;
+	if (!refresh_map(err))
+	{
+		ec_cluster_reset();
+		return false;
+	}
+	ereport(LOG,
+			(errmsg("entity_cache: %s:%d is a Redis Cluster node: %d primaries serve %d of 16384 slots",
+					host, port, map->nnodes, map->nslots)));
+	return true;
+}
+
+/* The connection a command goes to this round, or -1 (why is in err). */
+static int
+route(EcRoutedCmd *c, StringInfo err)
+{
+	int			owner;
+
+	if (c->target >= 0)
+		return c->target;
+	owner = map->owner[c->slot];
+	if (owner == EC_SLOT_UNOWNED)
+	{
+		resetStringInfo(err);
+		appendStringInfo(err, "Redis Cluster: slot %d has no primary", c->slot);
+		map_stale = true;
+		return -1;
+	}
+	return get_conn(map->nodes[owner].host, map->nodes[owner].port);
+}
+
+/*
+ * Append every command that is not done to its node's pipeline, then write
+ * all the pipelines out, so that every node works while we read.
+ */
+static bool
+send_round(EcRoutedCmd *cmds, int n, StringInfo err)
+{
+	bool		lost = false;
+
+	for (int i = 0; i < nconns; i++)
+		conns[i].nsent = 0;
+	for (int i = 0; i < n; i++)
+	{
+		EcRoutedCmd *c = &cmds[i];
+		int			k;
+
+		c->sent_on = -1;
+		if (c->done || c->failed)
+			continue;
+		k = route(c, err);
+		if (k < 0)
+			continue;
+		if (!conn_ready(k, err))
+		{
+			/* a node down: maybe failed over; ask the map again */
+			c->target = -1;
+			map_stale = true;
+			lost = true;
+			continue;
+		}
+		if (c->asking)
+			(void) redisAppendCommand(conns[k].ctx, "ASKING");
+		(void) redisAppendCommandArgv(conns[k].ctx, c->argc, c->argv, c->argvlen);
+		c->sent_on = k;
+		conns[k].nsent++;
+	}
+	for (int k = 0; k < nconns; k++)
+	{
+		int			written = 0;
+
+		while (conns[k].nsent > 0 && !written)
+		{
+			if (redisBufferWrite(conns[k].ctx, &written) != REDIS_OK)
+			{
+				resetStringInfo(err);
+				appendStringInfo(err, "Redis Cluster node %s:%d: %s", conns[k].host,
+								 conns[k].port, conns[k].ctx->errstr);
+				conn_drop(k);
+				map_stale = true;
+				lost = true;
+			}
+		}
+	}
+	return lost;
+}
+
+/* "MOVED 3999 127.0.0.1:6381": the connection of the address, or -1. */
+static int
+redirect_target(const char *msg)
+{
+	const char *addr = strchr(msg, ' ');
+	const char *colon;
+	char		host[EC_CLUSTER_HOST_MAX];
+	int			port;
+
+	if (addr == NULL || (addr = strchr(addr + 1, ' ')) == NULL)
+		return -1;
+	addr++;
+	colon = strrchr(addr, ':');
+	if (colon == NULL || colon == addr || colon - addr >= EC_CLUSTER_HOST_MAX)
+		return -1;
+	port = atoi(colon + 1);
+	if (port < 1 || port > 65535)
+		return -1;
+	memcpy(host, addr, colon - addr);
+	host[colon - addr] = '\0';
+	return get_conn(host, port);
+}
+
+/* Act on one reply; true if it asks for a pause before the next round. */
+static bool
+take_reply(EcRoutedCmd *c, redisReply *r, StringInfo err)
+{
+	c->target = -1;
+	if (r->type != REDIS_REPLY_ERROR)
+	{
+		c->done = true;
+		return false;
+	}
+	if (strncmp(r->str, "MOVED ", 6) == 0 || strncmp(r->str, "ASK ", 4) == 0)
+	{
+		c->target = redirect_target(r->str);
+		c->asking = (r->str[1] == 'S');
+		redirections++;
+		/* a MOVED means the map is out of date; an ASK does not */
+		if (!c->asking)
+			map_stale = true;
+		return false;
+	}
+	resetStringInfo(err);
+	appendStringInfo(err, "Redis Cluster replied with an error: %s", r->str);
+	if (strncmp(r->str, "TRYAGAIN", 8) == 0 || strncmp(r->str, "CLUSTERDOWN", 11) == 0 ||
+		strncmp(r->str, "LOADING", 7) == 0 || strncmp(r->str, "MASTERDOWN", 10) == 0)
+		return true;
+	c->failed = true;
+	return false;
+}
+
+/*
+ * Read every reply of the round, connection by connection, in order.  True
+ * if a node was lost or asked for a pause.
+ */
+static bool
+read_round(EcRoutedCmd *cmds, int n, StringInfo err)
+{
+	bool		pause = false;
+
+	for (int k = 0; k < nconns; k++)
+	{
+		for (int i = 0; i < n && conns[k].nsent > 0; i++)
+		{
+			EcRoutedCmd *c = &cmds[i];
+			redisReply *r = NULL;
+			bool		ok;
+
+			if (c->sent_on != k)
+				continue;
+			c->sent_on = -1;
+			ok = redisGetReply(conns[k].ctx, (void **) &r) == REDIS_OK && r != NULL;
+			/* the reply to ASKING comes first; the command's own tells */
+			if (ok && c->asking)
+			{
+				freeReplyObject(r);
+				r = NULL;
+				c->asking = false;
+				ok = redisGetReply(conns[k].ctx, (void **) &r) == REDIS_OK && r != NULL;
+			}
+			if (!ok)
+			{
+				resetStringInfo(err);
+				appendStringInfo(err, "Redis Cluster node %s:%d: %s", conns[k].host,
+								 conns[k].port, conns[k].ctx->errstr[0] ?
+								 conns[k].ctx->errstr : "connection lost");
+				/* the rest of this node's commands stay undone */
+				conn_drop(k);
+				c->target = -1;
+				map_stale = true;
+				pause = true;
+				break;
+			}
+			pause |= take_reply(c, r, err);
+			freeReplyObject(r);
+		}
+	}
+	return pause;
+}
+
+/* Wait ms, ending early only for an interrupt or postmaster death. */
+static void
+pause_ms(long ms)
+{
+	(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, ms, PG_WAIT_EXTENSION);
+	CHECK_FOR_INTERRUPTS();
+}
+
+bool
+ec_cluster_run(EcRoutedCmd *cmds, int n, StringInfo err)
+{
+	StringInfoData why;
+	long		pause = PAUSE_MS;
+	bool		all_done = false;
+
+	initStringInfo(&why);
+	for (int i = 0; i < n; i++)
+	{
+		cmds[i].done = false;
+		cmds[i].failed = false;
+		cmds[i].asking = false;
+		cmds[i].target = -1;
+		cmds[i].sent_on = -1;
+	}
+	for (int round = 0; round < MAX_ROUNDS; round++)
+	{
+		bool		lost;
+		bool		pending = false;
+
+		if (map_stale)
+		{
+			StringInfoData rerr;
+
+			/* a failed reload keeps the old map: most of it may be right */
+			initStringInfo(&rerr);
+			if (!refresh_map(&rerr))
+			{
+				resetStringInfo(&why);
+				appendStringInfoString(&why, rerr.data);
+			}
+			pfree(rerr.data);
+		}
+		lost = send_round(cmds, n, &why);
+		lost |= read_round(cmds, n, &why);
+		all_done = true;
+		for (int i = 0; i < n; i++)
+		{
+			all_done &= cmds[i].done;
+			pending |= !cmds[i].done && !cmds[i].failed;
+		}
+		if (!pending)
+			break;
+		/* a node lost, or busy (TRYAGAIN, CLUSTERDOWN): give it a moment */
+		if (lost)
+		{
+			pause_ms(pause);
+			pause = Min(pause * 2, PAUSE_MAX_MS);
+		}
+	}
+	publish_status(false);
+	if (!all_done)
+		appendStringInfoString(err, why.data[0] ? why.data : "Redis Cluster: commands not acknowledged");
+	pfree(why.data);
+	return all_done;
+}
+
+/*
+ * One SCAN page of a node: the keys matching pattern are UNLINKed, each
+ * routed to the owner of its slot (during a migration the node scanned may
+ * no longer own it).  Advances cursor; false with err set on failure.
+ */
+static bool
+flush_page(int k, char *cursor, size_t cursorsize, const char *pattern,
+		   size_t len, uint64 *nkeys, StringInfo err)
+{
+	const char *argv[6] = {"SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT};
+	size_t		argvlen[6] = {4, strlen(cursor), 5, len, 5, strlen(SCAN_COUNT)};
+	redisReply *reply = redisCommandArgv(conns[k].ctx, 6, argv, argvlen);
+	redisReply *keys;
+	EcRoutedCmd *cmds;
+	bool		ok;
+
+	if (reply == NULL)
+	{
+		appendStringInfo(err, "Redis SCAN on %s:%d failed: %s", conns[k].host, conns[k].port,
+						 conns[k].ctx->errstr[0] ? conns[k].ctx->errstr : "connection lost");
+		conn_drop(k);
+		map_stale = true;
+		return false;
+	}
+	if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+		reply->element[0]->type != REDIS_REPLY_STRING ||
+		reply->element[0]->len >= cursorsize ||
+		reply->element[1]->type != REDIS_REPLY_ARRAY)
+	{
+		appendStringInfo(err, "Redis SCAN on %s:%d failed: %s", conns[k].host, conns[k].port,
+						 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+		freeReplyObject(reply);
+		return false;
+	}
+	memcpy(cursor, reply->element[0]->str, reply->element[0]->len);
+	cursor[reply->element[0]->len] = '\0';
+
+	keys = reply->element[1];
+	cmds = palloc0(sizeof(EcRoutedCmd) * Max(keys->elements, 1));
+	for (size_t i = 0; i < keys->elements; i++)
+	{
+		const char **uargv = palloc(sizeof(char *) * 2);
+		size_t	   *uargvlen = palloc(sizeof(size_t) * 2);
+		redisReply *key = keys->element[i];
+
+		if (key->type != REDIS_REPLY_STRING)
+		{
+			appendStringInfo(err, "Redis SCAN on %s:%d returned a key that is not a string",
+							 conns[k].host, conns[k].port);
+			freeReplyObject(reply);
+			return false;
+		}
+		uargv[0] = "UNLINK";
+		uargvlen[0] = 6;
+		uargv[1] = key->str;
+		uargvlen[1] = key->len;
+		cmds[i].argc = 2;
+		cmds[i].argv = uargv;
+		cmds[i].argvlen = uargvlen;
+		cmds[i].slot = ec_key_slot(key->str, key->len);
+	}
+	ok = ec_cluster_run(cmds, (int) keys->elements, err);
+	if (ok)
+		*nkeys += keys->elements;
+	freeReplyObject(reply);
+	return ok;
+}
+
+bool
+ec_cluster_flush_pattern(const char *pattern, size_t len, uint64 *nkeys,
+						 StringInfo err)
+{
+	EcClusterNode *nodes;
+	int			nnodes;
+
+	if (map_stale && !refresh_map(err))
+		return false;
+	/* the map may be reloaded while we flush: walk the nodes it had */
+	nnodes = map->nnodes;
+	nodes = palloc(sizeof(EcClusterNode) * nnodes);
+	memcpy(nodes, map->nodes, sizeof(EcClusterNode) * nnodes);
+	for (int i = 0; i < nnodes; i++)
+	{
+		char		cursor[32] = "0";
+		int			k = get_conn(nodes[i].host, nodes[i].port);
+
+		if (k < 0 || !conn_ready(k, err))
+		{
+			map_stale = true;
+			return false;
+		}
+		do
+		{
+			/* routing a page may have dropped this very connection */
+			if (!conn_ready(k, err) ||
+				!flush_page(k, cursor, sizeof(cursor), pattern, len, nkeys, err))
+			{
+				map_stale = true;
+				return false;
+			}
+		} while (strcmp(cursor, "0") != 0);
+	}
+	return true;
+}

@@ -1,0 +1,53 @@
+/*-------------------------------------------------------------------------
+ *
+ * cluster.h
+ *	  Redis Cluster: slot map, one connection per node, commands routed to
+ *	  the primary of their key's slot, redirections followed.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef EC_CLUSTER_H
+#define EC_CLUSTER_H
+
+#include "lib/stringinfo.h"
+
+/*
+ * One command for the node that owns slot.  The caller fills argc, argv,
+ * argvlen and slot (every key of the command must be in that slot);
+ * ec_cluster_run() sets done once that node acknowledged it.
+ */
+typedef struct EcRoutedCmd
+{
+	int			argc;
+	const char **argv;
+	const size_t *argvlen;
+	int			slot;
+	bool		done;
+	/* private to cluster.c */
+	int			target;			/* connection of a redirection, or -1 */
+	bool		asking;			/* send ASKING first (an ASK redirection) */
+	bool		failed;			/* an error reply no retry can cure */
+	int			sent_on;		/* connection it went out on, or -1 */
+} EcRoutedCmd;
+
+/* Take over from a seed that reported cluster_enabled:1: load the map. */
+extern bool ec_cluster_start(const char *seed_host, int seed_port, StringInfo err);
+extern void ec_cluster_reset(void);
+extern bool ec_cluster_active(void);
+
+/* The slot of a key (cluster_slots.c), for callers that build commands. */
+extern int	ec_cluster_key_slot(const char *key, size_t len);
+
+/*
+ * Send every command to its node, one pipeline per node, all nodes in
+ * flight at once; follow MOVED and ASK, retry TRYAGAIN and CLUSTERDOWN
+ * after a pause.  True when every command is done; otherwise err says why
+ * and the done flags say which were acknowledged.
+ */
+extern bool ec_cluster_run(EcRoutedCmd *cmds, int n, StringInfo err);
+
+/* SCAN MATCH pattern + UNLINK on every primary; adds to *nkeys. */
+extern bool ec_cluster_flush_pattern(const char *pattern, size_t len,
+									 uint64 *nkeys, StringInfo err);
+
+#endif							/* EC_CLUSTER_H */
