@@ -12,6 +12,8 @@ OBJS = \
 	worker/worker.o \
 	worker/drain.o \
 	worker/redis_client.o \
+	worker/transport.o \
+	worker/transport_tls.o \
 	worker/redis_url.o \
 	worker/cluster.o \
 	worker/cluster_slots.o
@@ -23,7 +25,7 @@ DATA = extension/entity_cache--1.0.sql \
 PGFILEDESC = "entity_cache - keep Redis cache keys in step with table changes"
 
 PG_CPPFLAGS = -I$(srcdir)/extension -I$(srcdir)/worker
-SHLIB_LINK = -lhiredis
+SHLIB_LINK = -lhiredis -lssl -lcrypto
 
 REGRESS = setup capture api templates privileges errors
 # pg_regress starts its own instance, preloaded, with no Redis reachable,

@@ -443,6 +443,8 @@ entity_cache_sync(PG_FUNCTION_ARGS)
 #define EC_STATUS_COLUMNS 18
 #define EC_STATUS_DATABASE 8
 #define EC_STATUS_CLUSTER_NODES 15
+#define EC_STATUS_REDIS_NODE 10
+#define EC_STATUS_REDIS_TLS 11
 
 /* _status(): the row behind the entity_cache.status view. */
 Datum
@@ -470,6 +472,8 @@ entity_cache_status(PG_FUNCTION_ARGS)
 		int			cluster_nodes;
 		TimestampTz cluster_loaded_at;
 		uint64		cluster_redirections;
+		char		node[EC_REDIS_NODE_LEN];
+		bool		tls;
 
 		SpinLockAcquire(&ec_shared->mutex);
 		pid = ec_shared->worker_pid;
@@ -481,6 +485,8 @@ entity_cache_status(PG_FUNCTION_ARGS)
 		cluster_nodes = ec_shared->cluster_nodes;
 		cluster_loaded_at = ec_shared->cluster_slots_loaded_at;
 		cluster_redirections = ec_shared->cluster_redirections;
+		memcpy(node, ec_shared->redis_node, sizeof(node));
+		tls = ec_shared->redis_tls;
 		SpinLockRelease(&ec_shared->mutex);
 
 		if (pid != 0)
@@ -490,6 +496,14 @@ entity_cache_status(PG_FUNCTION_ARGS)
 		}
 		values[1] = BoolGetDatum(pid != 0 && connected);
 		nulls[1] = false;
+		/* the node and TLS of the current connection; NULL while none */
+		if (pid != 0 && connected && node[0])
+		{
+			values[EC_STATUS_REDIS_NODE] = CStringGetTextDatum(node);
+			nulls[EC_STATUS_REDIS_NODE] = false;
+			values[EC_STATUS_REDIS_TLS] = BoolGetDatum(tls);
+			nulls[EC_STATUS_REDIS_TLS] = false;
+		}
 		values[4] = Int64GetDatum((int64) applied);
 		nulls[4] = false;
 		values[5] = Int64GetDatum((int64) errors);

@@ -21,6 +21,7 @@
 #include "utils/guc.h"
 
 #include "redis_url.h"
+#include "transport.h"
 
 PG_MODULE_MAGIC;
 
@@ -34,6 +35,13 @@ int			ec_redis_timeout_ms = 2000;
 double		ec_batch_delay_ms = 1.0;
 bool		ec_notify = true;
 
+/* TLS and Sentinel (issue 11) */
+char	   *ec_redis_tls_ca_file = NULL;
+char	   *ec_redis_tls_cert_file = NULL;
+char	   *ec_redis_tls_key_file = NULL;
+int			ec_redis_tls_verify = EC_TLS_VERIFY_FULL;
+char	   *ec_redis_sentinel_password = NULL;
+
 EcShared   *ec_shared = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -42,6 +50,13 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static const struct config_enum_entry mode_options[] = {
 	{"delete", EC_MODE_DELETE, false},
 	{"refresh", EC_MODE_REFRESH, false},
+	{NULL, 0, false}
+};
+
+static const struct config_enum_entry tls_verify_options[] = {
+	{"full", EC_TLS_VERIFY_FULL, false},
+	{"ca", EC_TLS_VERIFY_CA, false},
+	{"none", EC_TLS_VERIFY_NONE, false},
 	{NULL, 0, false}
 };
 
@@ -56,7 +71,8 @@ check_redis_url(char **newval, void **extra, GucSource source)
 	if (err)
 	{
 		GUC_check_errmsg("invalid entity_cache.redis_url: %s", err);
-		GUC_check_errhint("Use redis://[user[:password]@]host[:port][/db] or unix:///path/to/redis.sock[?db=N].");
+		GUC_check_errhint("Use redis://[user[:password]@]host[:port][,host[:port]...][/db], rediss://... (TLS), "
+						  "redis-sentinel://...?master=NAME, rediss-sentinel://...?master=NAME or unix:///path/redis.sock[?db=N].");
 		return false;
 	}
 	return true;
@@ -77,38 +93,45 @@ may_see_secrets(void)
 	return IsTransactionState() && superuser();
 }
 
+/* a secret setting as the asker may see it */
+static const char *
+show_secret(const char *value)
+{
+	if (value == NULL || value[0] == '\0')
+		return "";
+	return may_see_secrets() ? value : EC_MASK;
+}
+
 static const char *
 show_redis_password(void)
 {
-	if (ec_redis_password == NULL || ec_redis_password[0] == '\0')
-		return "";
-	return may_see_secrets() ? ec_redis_password : EC_MASK;
+	return show_secret(ec_redis_password);
 }
 
+static const char *
+show_redis_tls_key_file(void)
+{
+	return show_secret(ec_redis_tls_key_file);
+}
+
+static const char *
+show_redis_sentinel_password(void)
+{
+	return show_secret(ec_redis_sentinel_password);
+}
+
+/* The URL with its password masked, found by the parser the worker uses. */
 static const char *
 show_redis_url(void)
 {
 	const char *url = ec_redis_url ? ec_redis_url : "";
-	const char *auth;
-	const char *end;
-	const char *at = NULL;
-	const char *colon;
+	RedisUrl	parsed;
 
-	if (may_see_secrets() || strncmp(url, "redis://", 8) != 0)
+	if (may_see_secrets() || redis_url_parse(url, &parsed) != NULL ||
+		parsed.password_len == 0)
 		return url;
-	auth = url + 8;
-	end = strchr(auth, '/');
-	if (end == NULL)
-		end = auth + strlen(auth);
-	for (const char *p = auth; p < end; p++)
-		if (*p == '@')
-			at = p;
-	if (at == NULL)
-		return url;
-	colon = memchr(auth, ':', at - auth);
-	if (colon == NULL)
-		return url;
-	return psprintf("%.*s%s%s", (int) (colon + 1 - url), url, EC_MASK, at);
+	return psprintf("%.*s%s%s", (int) parsed.password_off, url, EC_MASK,
+					url + parsed.password_off + parsed.password_len);
 }
 
 static void
@@ -139,6 +162,58 @@ ec_shmem_startup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
+/* TLS and Sentinel (issue 11); the worker reconnects when one changes */
+static void
+define_tls_sentinel_gucs(void)
+{
+	DefineCustomStringVariable("entity_cache.redis_tls_ca_file",
+							   "CA certificates that sign the Redis server's certificate (PEM).",
+							   "Empty: the system trust store.  Used by rediss:// and rediss-sentinel://.",
+							   &ec_redis_tls_ca_file,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("entity_cache.redis_tls_cert_file",
+							   "Client certificate for mutual TLS with Redis (PEM).",
+							   "Set together with entity_cache.redis_tls_key_file.",
+							   &ec_redis_tls_cert_file,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("entity_cache.redis_tls_key_file",
+							   "Private key of the client certificate for mutual TLS with Redis (PEM).",
+							   "Only superusers see it.",
+							   &ec_redis_tls_key_file,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, show_redis_tls_key_file);
+
+	DefineCustomEnumVariable("entity_cache.redis_tls_verify",
+							 "How the Redis server's certificate is checked.",
+							 "full: chain and host name or IP; ca: chain only; "
+							 "none: not at all (a WARNING at each connect).",
+							 &ec_redis_tls_verify,
+							 EC_TLS_VERIFY_FULL,
+							 tls_verify_options,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomStringVariable("entity_cache.redis_sentinel_password",
+							   "Password of the Redis sentinels; empty: the URL's password.",
+							   NULL,
+							   &ec_redis_sentinel_password,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, NULL, show_redis_sentinel_password);
+}
+
 static void
 define_gucs(void)
 {
@@ -153,7 +228,8 @@ define_gucs(void)
 
 	DefineCustomStringVariable("entity_cache.redis_url",
 							   "Redis server the worker sends invalidations to.",
-							   "redis://[user[:password]@]host[:port][/db] or unix:///path.sock[?db=N]. "
+							   "redis://[user[:password]@]host[:port][,host[:port]...][/db], rediss:// (TLS), "
+							   "redis-sentinel://...?master=NAME, rediss-sentinel://... or unix:///path.sock[?db=N]. "
 							   "Only superusers see a password in it.",
 							   &ec_redis_url,
 							   "redis://127.0.0.1:6379/0",
@@ -227,6 +303,7 @@ define_gucs(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	define_tls_sentinel_gucs();
 	MarkGUCPrefixReserved("entity_cache");
 }
 

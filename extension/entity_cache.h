@@ -48,7 +48,15 @@ extern int	ec_redis_timeout_ms;
 extern double ec_batch_delay_ms;
 extern bool ec_notify;
 
+/* GUCs: TLS and Sentinel (issue 11) */
+extern char *ec_redis_tls_ca_file;
+extern char *ec_redis_tls_cert_file;
+extern char *ec_redis_tls_key_file;
+extern int	ec_redis_tls_verify;	/* an EcTlsVerify (transport.h) */
+extern char *ec_redis_sentinel_password;
+
 #define EC_LAST_ERROR_LEN 512
+#define EC_REDIS_NODE_LEN 300
 
 /* The one shared-memory segment: the worker's face to the backends. */
 typedef struct EcShared
@@ -63,6 +71,8 @@ typedef struct EcShared
 	uint64		errors_total;
 	TimestampTz last_error_at;
 	char		last_error[EC_LAST_ERROR_LEN];
+	char		redis_node[EC_REDIS_NODE_LEN];	/* "host:port" or socket; "" if none */
+	bool		redis_tls;		/* that connection is TLS */
 	ConditionVariable applied_cv;	/* broadcast after each applied batch */
 	/* Redis Cluster (worker/cluster.c); cluster_nodes 0: not a cluster */
 	int			cluster_nodes;	/* primaries in the slot map */

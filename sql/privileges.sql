@@ -52,8 +52,25 @@ SELECT name, setting FROM pg_settings
 WHERE name IN ('entity_cache.redis_password', 'entity_cache.redis_url') ORDER BY 1;
 SELECT current_setting('entity_cache.redis_password');
 RESET ROLE;
+-- every URL form masks its password, and so do the sentinels' password and
+-- the TLS key path, for everyone but superusers
+ALTER SYSTEM SET entity_cache.redis_url = 'rediss-sentinel://app:hunter2@127.0.0.1:9,[::1]:9/0?master=mymaster';
+ALTER SYSTEM SET entity_cache.redis_sentinel_password = 'sentinel-secret';
+ALTER SYSTEM SET entity_cache.redis_tls_key_file = '/secret/client.key';
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.2);
+SHOW entity_cache.redis_url;
+SHOW entity_cache.redis_sentinel_password;
+SHOW entity_cache.redis_tls_key_file;
+SET ROLE ec_writer;
+SHOW entity_cache.redis_url;
+SHOW entity_cache.redis_sentinel_password;
+SHOW entity_cache.redis_tls_key_file;
+RESET ROLE;
 ALTER SYSTEM RESET entity_cache.redis_password;
 ALTER SYSTEM RESET entity_cache.redis_url;
+ALTER SYSTEM RESET entity_cache.redis_sentinel_password;
+ALTER SYSTEM RESET entity_cache.redis_tls_key_file;
 SELECT pg_reload_conf();
 SELECT count(*) FROM take_queue();
 

@@ -21,19 +21,15 @@
  * only the queue rows of done commands.  Whatever is still not done after
  * a few rounds is left for the next batch, which starts with a fresh map.
  *
- * FALLBACK TRANSPORT: node connections are hiredis redisContexts opened by
- * ec_redis_open(), blocking with the redis_timeout; "all in flight" comes
- * from writing every pipeline before reading any.  This is meant to be
- * folded into the worker's own transport (TCP/unix/TLS, several
- * connections polled at once) when that lands.
+ * Node connections are the worker's transport (transport.h), opened by
+ * ec_redis_open_node() with the URL's TLS settings, AUTH and timeout, and
+ * driven together by ec_conn_exchange(), which polls them all at once.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "cluster.h"
-
-#include <hiredis/hiredis.h>
 
 #include "entity_cache.h"
 
@@ -46,6 +42,8 @@
 
 #include "cluster_slots.h"
 #include "redis_client.h"
+#include "redis_url.h"
+#include "transport.h"
 
 /* connections: primaries, plus redirection targets not yet in the map */
 #define MAX_CONNS (2 * EC_CLUSTER_MAX_NODES)
@@ -60,8 +58,9 @@ typedef struct NodeConn
 {
 	char		host[EC_CLUSTER_HOST_MAX];
 	int			port;
-	redisContext *ctx;			/* NULL until connected, or after an error */
-	int			nsent;			/* commands written this round */
+	EcConn	   *conn;			/* NULL until connected, or after an error */
+	int			nsent;			/* commands sent this round */
+	bool		down;			/* could not connect this round */
 } NodeConn;
 
 static bool active = false;
@@ -70,19 +69,27 @@ static EcSlotMap *spare = NULL; /* the next map is parsed here, then swapped */
 static NodeConn *conns = NULL;
 static int	nconns = 0;
 static bool map_stale = false;
-static char seed_host[EC_CLUSTER_HOST_MAX];
-static int	seed_port;
+static RedisUrlHost seeds[EC_URL_MAX_HOSTS];	/* the URL's hosts */
+static int	nseeds = 0;
 static uint64 redirections = 0;
 
+/*
+ * Status: primaries known, redirections followed; when the map was just
+ * loaded from, the node it came from is the worker's redis_node.
+ */
 static void
-publish_status(bool loaded)
+publish_status(EcConn *loaded_from)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
 	SpinLockAcquire(&ec_shared->mutex);
 	ec_shared->cluster_nodes = active ? map->nnodes : 0;
-	if (loaded)
+	if (loaded_from)
+	{
 		ec_shared->cluster_slots_loaded_at = now;
+		strlcpy(ec_shared->redis_node, ec_conn_node(loaded_from), sizeof(ec_shared->redis_node));
+		ec_shared->redis_tls = ec_conn_is_tls(loaded_from);
+	}
 	ec_shared->cluster_redirections = redirections;
 	SpinLockRelease(&ec_shared->mutex);
 }
@@ -102,9 +109,8 @@ ec_cluster_key_slot(const char *key, size_t len)
 static void
 conn_drop(int i)
 {
-	if (conns[i].ctx)
-		redisFree(conns[i].ctx);
-	conns[i].ctx = NULL;
+	ec_conn_close(conns[i].conn);
+	conns[i].conn = NULL;
 	conns[i].nsent = 0;
 }
 
@@ -117,7 +123,7 @@ ec_cluster_reset(void)
 	if (active)
 	{
 		active = false;
-		publish_status(false);
+		publish_status(NULL);
 	}
 }
 
@@ -132,7 +138,7 @@ get_conn(const char *host, int port)
 		return -1;
 	strlcpy(conns[nconns].host, host, EC_CLUSTER_HOST_MAX);
 	conns[nconns].port = port;
-	conns[nconns].ctx = NULL;
+	conns[nconns].conn = NULL;
 	conns[nconns].nsent = 0;
 	return nconns++;
 }
@@ -140,9 +146,9 @@ get_conn(const char *host, int port)
 static bool
 conn_ready(int i, StringInfo err)
 {
-	if (conns[i].ctx == NULL)
-		conns[i].ctx = ec_redis_open(conns[i].host, conns[i].port, NULL, 0, err);
-	return conns[i].ctx != NULL;
+	if (conns[i].conn == NULL)
+		conns[i].conn = ec_redis_open_node(conns[i].host, conns[i].port, err);
+	return conns[i].conn != NULL;
 }
 
 /* Ask one node for the slot map; true once map holds a new one. */
@@ -156,11 +162,11 @@ load_from(const char *host, int port, StringInfo err)
 
 	if (i < 0 || !conn_ready(i, err))
 		return false;
-	reply = redisCommand(conns[i].ctx, "CLUSTER SLOTS");
+	reply = ec_conn_command(conns[i].conn, 2, (const char *[]) {"CLUSTER", "SLOTS"},
+							(size_t[]) {7, 5}, ec_deadline_after(ec_redis_timeout()),
+							"Redis CLUSTER SLOTS", err);
 	if (reply == NULL)
 	{
-		appendStringInfo(err, "CLUSTER SLOTS from %s:%d: %s", host, port,
-						 conns[i].ctx->errstr[0] ? conns[i].ctx->errstr : "connection lost");
 		conn_drop(i);
 		return false;
 	}
@@ -175,19 +181,22 @@ load_from(const char *host, int port, StringInfo err)
 	t = map;
 	map = spare;
 	spare = t;
+	map_stale = false;
+	active = true;
+	publish_status(conns[i].conn);
 	return true;
 }
 
 /*
  * Reload the map from the first node that answers: the primaries of the
- * current map (the seed may be the node that died), then the seed.
+ * current map (a seed may be the node that died), then the URL's hosts in
+ * order.
  */
 static bool
 refresh_map(StringInfo err)
 {
 	EcClusterNode *known = NULL;
 	int			nknown = 0;
-	bool		ok = false;
 
 	if (active)
 	{
@@ -195,29 +204,22 @@ refresh_map(StringInfo err)
 		known = palloc(sizeof(EcClusterNode) * Max(nknown, 1));
 		memcpy(known, map->nodes, sizeof(EcClusterNode) * nknown);
 	}
-	for (int i = 0; i < nknown && !ok; i++)
+	for (int i = 0; i < nknown + nseeds; i++)
 	{
-		resetStringInfo(err);
-		ok = load_from(known[i].host, known[i].port, err);
+		if (i > 0)
+			appendStringInfoString(err, "; ");
+		if (i < nknown ? load_from(known[i].host, known[i].port, err) :
+			load_from(seeds[i - nknown].host, seeds[i - nknown].port, err))
+		{
+			resetStringInfo(err);
+			return true;
+		}
 	}
-	if (!ok)
-	{
-		resetStringInfo(err);
-		ok = load_from(seed_host, seed_port, err);
-	}
-	if (known)
-		pfree(known);
-	if (ok)
-	{
-		map_stale = false;
-		active = true;
-		publish_status(true);
-	}
-	return ok;
+	return false;
 }
 
 bool
-ec_cluster_start(const char *host, int port, StringInfo err)
+ec_cluster_start(const RedisUrlHost *hosts, int nhosts, StringInfo err)
 {
 	if (map == NULL)
 	{
@@ -226,16 +228,16 @@ ec_cluster_start(const char *host, int port, StringInfo err)
 		conns = MemoryContextAllocZero(TopMemoryContext, sizeof(NodeConn) * MAX_CONNS);
 	}
 	ec_cluster_reset();
-	strlcpy(seed_host, host, sizeof(seed_host));
-	seed_port = port;
+	nseeds = Min(nhosts, EC_URL_MAX_HOSTS);
+	memcpy(seeds, hosts, sizeof(RedisUrlHost) * nseeds);
 	if (!refresh_map(err))
 	{
 		ec_cluster_reset();
 		return false;
 	}
 	ereport(LOG,
-			(errmsg("entity_cache: %s:%d is a Redis Cluster node: %d primaries serve %d of 16384 slots",
-					host, port, map->nnodes, map->nslots)));
+			(errmsg("entity_cache: Redis Cluster: %d primaries serve %d of 16384 slots",
+					map->nnodes, map->nslots)));
 	return true;
 }
 
@@ -259,16 +261,22 @@ route(EcRoutedCmd *c, StringInfo err)
 }
 
 /*
- * Append every command that is not done to its node's pipeline, then write
- * all the pipelines out, so that every node works while we read.
+ * Append every command that is not done to its node's pipeline, then send
+ * them all and collect the replies, every node at once.  True if a node
+ * could not be reached.
  */
 static bool
 send_round(EcRoutedCmd *cmds, int n, StringInfo err)
 {
 	bool		lost = false;
+	EcConn	  **set = palloc(sizeof(EcConn *) * Max(nconns, 1));
+	int			nset = 0;
 
 	for (int i = 0; i < nconns; i++)
+	{
 		conns[i].nsent = 0;
+		conns[i].down = false;
+	}
 	for (int i = 0; i < n; i++)
 	{
 		EcRoutedCmd *c = &cmds[i];
@@ -278,39 +286,29 @@ send_round(EcRoutedCmd *cmds, int n, StringInfo err)
 		if (c->done || c->failed)
 			continue;
 		k = route(c, err);
-		if (k < 0)
-			continue;
-		if (!conn_ready(k, err))
+		/* one connection attempt per node and round, not one per command */
+		if (k >= 0 && !conns[k].down && !conn_ready(k, err))
+			conns[k].down = true;
+		if (k < 0 || conns[k].down)
 		{
-			/* a node down: maybe failed over; ask the map again */
+			/* a node down: maybe failed over; ask for the map again */
 			c->target = -1;
 			map_stale = true;
-			lost = true;
+			lost |= (k >= 0);
 			continue;
 		}
 		if (c->asking)
-			(void) redisAppendCommand(conns[k].ctx, "ASKING");
-		(void) redisAppendCommandArgv(conns[k].ctx, c->argc, c->argv, c->argvlen);
+			ec_conn_append(conns[k].conn, 1, (const char *[]) {"ASKING"}, (size_t[]) {6});
+		ec_conn_append(conns[k].conn, c->argc, c->argv, c->argvlen);
 		c->sent_on = k;
 		conns[k].nsent++;
 	}
+	/* the transport skips the broken ones; their replies are missed below */
 	for (int k = 0; k < nconns; k++)
-	{
-		int			written = 0;
-
-		while (conns[k].nsent > 0 && !written)
-		{
-			if (redisBufferWrite(conns[k].ctx, &written) != REDIS_OK)
-			{
-				resetStringInfo(err);
-				appendStringInfo(err, "Redis Cluster node %s:%d: %s", conns[k].host,
-								 conns[k].port, conns[k].ctx->errstr);
-				conn_drop(k);
-				map_stale = true;
-				lost = true;
-			}
-		}
-	}
+		if (conns[k].nsent > 0)
+			set[nset++] = conns[k].conn;
+	(void) ec_conn_exchange(set, nset, ec_deadline_after(ec_redis_timeout()));
+	pfree(set);
 	return lost;
 }
 
@@ -377,39 +375,41 @@ read_round(EcRoutedCmd *cmds, int n, StringInfo err)
 
 	for (int k = 0; k < nconns; k++)
 	{
+		EcConn	   *conn = conns[k].conn;
+
 		for (int i = 0; i < n && conns[k].nsent > 0; i++)
 		{
 			EcRoutedCmd *c = &cmds[i];
-			redisReply *r = NULL;
-			bool		ok;
+			redisReply *r;
 
 			if (c->sent_on != k)
 				continue;
 			c->sent_on = -1;
-			ok = redisGetReply(conns[k].ctx, (void **) &r) == REDIS_OK && r != NULL;
+			r = ec_conn_take_reply(conn);
 			/* the reply to ASKING comes first; the command's own tells */
-			if (ok && c->asking)
+			if (r != NULL && c->asking)
 			{
 				freeReplyObject(r);
-				r = NULL;
-				c->asking = false;
-				ok = redisGetReply(conns[k].ctx, (void **) &r) == REDIS_OK && r != NULL;
+				r = ec_conn_take_reply(conn);
 			}
-			if (!ok)
+			c->asking = false;
+			if (r == NULL)
 			{
-				resetStringInfo(err);
-				appendStringInfo(err, "Redis Cluster node %s:%d: %s", conns[k].host,
-								 conns[k].port, conns[k].ctx->errstr[0] ?
-								 conns[k].ctx->errstr : "connection lost");
-				/* the rest of this node's commands stay undone */
-				conn_drop(k);
+				/* the connection broke: this and the rest stay undone */
 				c->target = -1;
-				map_stale = true;
-				pause = true;
-				break;
+				continue;
 			}
 			pause |= take_reply(c, r, err);
 			freeReplyObject(r);
+		}
+		if (conns[k].nsent > 0 && ec_conn_is_broken(conn))
+		{
+			resetStringInfo(err);
+			appendStringInfo(err, "Redis Cluster node %s:%d: %s", conns[k].host,
+							 conns[k].port, ec_conn_error(conn));
+			conn_drop(k);
+			map_stale = true;
+			pause = true;
 		}
 	}
 	return pause;
@@ -474,7 +474,7 @@ ec_cluster_run(EcRoutedCmd *cmds, int n, StringInfo err)
 			pause = Min(pause * 2, PAUSE_MAX_MS);
 		}
 	}
-	publish_status(false);
+	publish_status(NULL);
 	if (!all_done)
 		appendStringInfoString(err, why.data[0] ? why.data : "Redis Cluster: commands not acknowledged");
 	pfree(why.data);
@@ -492,15 +492,15 @@ flush_page(int k, char *cursor, size_t cursorsize, const char *pattern,
 {
 	const char *argv[6] = {"SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT};
 	size_t		argvlen[6] = {4, strlen(cursor), 5, len, 5, strlen(SCAN_COUNT)};
-	redisReply *reply = redisCommandArgv(conns[k].ctx, 6, argv, argvlen);
+	redisReply *reply = ec_conn_command(conns[k].conn, 6, argv, argvlen,
+										ec_deadline_after(ec_redis_timeout()),
+										"Redis SCAN failed", err);
 	redisReply *keys;
 	EcRoutedCmd *cmds;
 	bool		ok;
 
 	if (reply == NULL)
 	{
-		appendStringInfo(err, "Redis SCAN on %s:%d failed: %s", conns[k].host, conns[k].port,
-						 conns[k].ctx->errstr[0] ? conns[k].ctx->errstr : "connection lost");
 		conn_drop(k);
 		map_stale = true;
 		return false;

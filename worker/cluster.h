@@ -30,8 +30,13 @@ typedef struct EcRoutedCmd
 	int			sent_on;		/* connection it went out on, or -1 */
 } EcRoutedCmd;
 
-/* Take over from a seed that reported cluster_enabled:1: load the map. */
-extern bool ec_cluster_start(const char *seed_host, int seed_port, StringInfo err);
+/*
+ * Take over from a node of the URL that reported cluster_enabled:1: load
+ * the map from the first of the URL's hosts (the seeds) that answers.
+ */
+struct RedisUrlHost;
+extern bool ec_cluster_start(const struct RedisUrlHost *seeds, int nseeds,
+							 StringInfo err);
 extern void ec_cluster_reset(void);
 extern bool ec_cluster_active(void);
 

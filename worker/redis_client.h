@@ -1,28 +1,27 @@
 /*-------------------------------------------------------------------------
  *
  * redis_client.h
- *	  The worker's one Redis connection, over hiredis.
+ *	  The worker's Redis connection, over our transport (transport.h):
+ *	  the URL's node(s), AUTH and SELECT, pipelining, pattern flushes.
+ *
+ * The connection made by ec_redis_connect() is the "current" one, used by
+ * append/read_replies/flush_pattern.  ec_redis_open_node() opens further
+ * connections to other nodes with the same credentials, TLS settings and
+ * timeout (e.g. the nodes of a Redis Cluster), driven with transport.h.
  *
  *-------------------------------------------------------------------------
  */
 #ifndef EC_REDIS_CLIENT_H
 #define EC_REDIS_CLIENT_H
 
-#include <hiredis/hiredis.h>
-
 #include "lib/stringinfo.h"
+
+#include "transport.h"
 
 extern bool ec_redis_connect(const char *url, const char *password_override,
 							 int timeout_ms, StringInfo err);
 extern void ec_redis_disconnect(void);
 extern bool ec_redis_is_connected(void);
-
-/*
- * One more connection with the credentials and timeout of the last
- * ec_redis_connect() (cluster nodes); path for a unix socket, else host.
- */
-extern redisContext *ec_redis_open(const char *host, int port, const char *path,
-								   int db, StringInfo err);
 
 /* Pipelining: append commands, then read all their replies in one go. */
 extern void ec_redis_append(int argc, const char **argv, const size_t *argvlen);
@@ -31,5 +30,24 @@ extern bool ec_redis_read_replies(StringInfo err);
 /* SCAN MATCH pattern + UNLINK of what matches; adds to *nkeys. */
 extern bool ec_redis_flush_pattern(const char *pattern, size_t len,
 								   uint64 *nkeys, StringInfo err);
+
+/* The current connection (NULL when disconnected), for transport.h calls. */
+extern EcConn *ec_redis_conn(void);
+
+/*
+ * Open a connection to host:port with the settings of the last
+ * ec_redis_connect(): TLS, AUTH, SELECT, timeout.  NULL with err set.
+ * The caller owns it (ec_conn_close).
+ */
+extern EcConn *ec_redis_open_node(const char *host, int port, StringInfo err);
+
+/*
+ * True when a TLS or Sentinel setting differs from those of the last
+ * ec_redis_connect(): the worker then reconnects, as for a new URL.
+ */
+extern bool ec_redis_tls_settings_changed(void);
+
+/* entity_cache.redis_timeout of the last ec_redis_connect() */
+extern int	ec_redis_timeout(void);
 
 #endif							/* EC_REDIS_CLIENT_H */

@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * redis_url.c
- *	  Parse entity_cache.redis_url into host/port or socket path, ACL user,
- *	  password and database number.
+ *	  Parse entity_cache.redis_url into hosts and ports (Redis nodes or
+ *	  sentinels) or a socket path, TLS or not, ACL user, password, master
+ *	  name and database number.
  *
  * Every rejection names the part that is wrong, because the message ends
  * up in front of an operator who typed the URL into postgresql.conf.
@@ -13,7 +14,6 @@
 
 #include <string.h>
 
-#define DEFAULT_PORT 6379
 #define MAX_DB 1000000
 
 static int
@@ -102,51 +102,29 @@ parse_unix(const char *rest, RedisUrl *out)
 	return NULL;
 }
 
+/* One host[:port] or [v6addr][:port] of s[0..len) into h. */
 static const char *
-parse_tcp(const char *rest, RedisUrl *out)
+parse_host(const char *s, size_t len, int default_port, RedisUrlHost *h)
 {
-	const char *end = rest + strlen(rest);
-	const char *slash = strchr(rest, '/');
-	const char *authority_end = slash ? slash : end;
-	const char *at = NULL;
-	const char *host;
+	const char *end = s + len;
 	const char *hostend;
 	const char *portstr = NULL;
 
-	/* the last '@' before the path ends the userinfo: passwords may hold '@' */
-	for (const char *p = rest; p < authority_end; p++)
-		if (*p == '@')
-			at = p;
-
-	if (at)
+	h->port = default_port;
+	if (len > 0 && *s == '[')
 	{
-		const char *colon = memchr(rest, ':', at - rest);
-		size_t		userlen = colon ? (size_t) (colon - rest) : (size_t) (at - rest);
-
-		if (!pct_decode(rest, userlen, out->user, sizeof(out->user)))
-			return "the user name is malformed or too long (percent-encode special characters)";
-		if (colon &&
-			!pct_decode(colon + 1, at - colon - 1, out->password, sizeof(out->password)))
-			return "the password is malformed or too long (percent-encode special characters)";
-		host = at + 1;
-	}
-	else
-		host = rest;
-
-	if (host < authority_end && *host == '[')
-	{
-		const char *close = memchr(host, ']', authority_end - host);
+		const char *close = memchr(s, ']', len);
 
 		if (!close)
 			return "an IPv6 address must be closed with ']'";
-		if (close == host + 1)
+		if (close == s + 1)
 			return "the host is empty";
-		if ((size_t) (close - host - 1) >= EC_URL_HOST_MAX)
+		if ((size_t) (close - s - 1) >= EC_URL_HOST_MAX)
 			return "the host name is too long";
-		memcpy(out->host, host + 1, close - host - 1);
-		out->host[close - host - 1] = '\0';
+		memcpy(h->host, s + 1, close - s - 1);
+		h->host[close - s - 1] = '\0';
 		hostend = close + 1;
-		if (hostend < authority_end)
+		if (hostend < end)
 		{
 			if (*hostend != ':')
 				return "unexpected text after the IPv6 address";
@@ -155,51 +133,158 @@ parse_tcp(const char *rest, RedisUrl *out)
 	}
 	else
 	{
-		const char *colon = memchr(host, ':', authority_end - host);
+		const char *colon = memchr(s, ':', len);
 
-		hostend = colon ? colon : authority_end;
-		if (hostend == host)
+		hostend = colon ? colon : end;
+		if (hostend == s)
 			return "the host is empty, as in redis://127.0.0.1:6379/0";
-		if ((size_t) (hostend - host) >= EC_URL_HOST_MAX)
+		if ((size_t) (hostend - s) >= EC_URL_HOST_MAX)
 			return "the host name is too long";
-		for (const char *p = host; p < hostend; p++)
+		for (const char *p = s; p < hostend; p++)
 			if (*p == '@' || *p == '[' || *p == ']' || *p == '?' || *p == '#' ||
 				*p == ' ' || (unsigned char) *p < 0x20)
 				return "the host contains a character that is not allowed";
-		memcpy(out->host, host, hostend - host);
-		out->host[hostend - host] = '\0';
+		memcpy(h->host, s, hostend - s);
+		h->host[hostend - s] = '\0';
 		if (colon)
 			portstr = colon + 1;
 	}
-
-	if (portstr &&
-		!parse_int(portstr, authority_end - portstr, 1, 65535, &out->port))
+	if (portstr && !parse_int(portstr, end - portstr, 1, 65535, &h->port))
 		return "the port must be a whole number from 1 to 65535";
+	return NULL;
+}
 
-	if (slash && slash[1] != '\0')
+/* host[:port][,host[:port]...] of s[0..len) into out->hosts. */
+static const char *
+parse_hosts(const char *s, size_t len, int default_port, RedisUrl *out)
+{
+	const char *end = s + len;
+
+	for (;;)
 	{
-		if (!parse_int(slash + 1, end - slash - 1, 0, MAX_DB, &out->db))
-			return "the database after '/' must be a whole number from 0 to 1000000";
+		const char *comma = memchr(s, ',', end - s);
+		const char *itemend = comma ? comma : end;
+		const char *err;
+
+		/* a comma inside brackets cannot occur: IPv6 has none */
+		if (out->nhosts == EC_URL_MAX_HOSTS)
+			return "too many hosts (at most 16)";
+		err = parse_host(s, itemend - s, default_port, &out->hosts[out->nhosts]);
+		if (err)
+			return err;
+		out->nhosts++;
+		if (!comma)
+			return NULL;
+		s = comma + 1;
+	}
+}
+
+/* [user][:password] of s[0..len), at offset off of the URL text */
+static const char *
+parse_userinfo(const char *s, size_t len, size_t off, RedisUrl *out)
+{
+	const char *colon = memchr(s, ':', len);
+	size_t		userlen = colon ? (size_t) (colon - s) : len;
+
+	if (!pct_decode(s, userlen, out->user, sizeof(out->user)))
+		return "the user name is malformed or too long (percent-encode special characters)";
+	if (colon)
+	{
+		if (!pct_decode(colon + 1, s + len - colon - 1, out->password, sizeof(out->password)))
+			return "the password is malformed or too long (percent-encode special characters)";
+		out->password_off = off + (colon + 1 - s);
+		out->password_len = s + len - colon - 1;
 	}
 	return NULL;
 }
+
+/* The query of a sentinel URL: master=NAME, required. */
+static const char *
+parse_sentinel_query(const char *q, RedisUrl *out)
+{
+	if (q == NULL || strncmp(q, "?master=", 8) != 0)
+		return "a sentinel URL needs the master's name, as in redis-sentinel://127.0.0.1:26379/0?master=mymaster";
+	if (strchr(q + 8, '&'))
+		return "the only query parameter of a sentinel URL is master=NAME";
+	if (q[8] == '\0' ||
+		!pct_decode(q + 8, strlen(q + 8), out->master, sizeof(out->master)))
+		return "the master name is empty, malformed or too long";
+	return NULL;
+}
+
+/* Everything after "scheme://" of a TCP URL, at offset off of the text. */
+static const char *
+parse_tcp(const char *rest, size_t off, RedisUrl *out)
+{
+	const char *end = rest + strlen(rest);
+	const char *slash = strchr(rest, '/');
+	const char *at = NULL;
+	const char *host;
+	const char *query;
+	const char *authority_end;
+	const char *err;
+
+	/* the last '@' before the path ends the userinfo: passwords may hold '@' */
+	for (const char *p = rest; p < (slash ? slash : end); p++)
+		if (*p == '@')
+			at = p;
+	if (at && (err = parse_userinfo(rest, at - rest, off, out)) != NULL)
+		return err;
+	host = at ? at + 1 : rest;
+
+	query = strchr(host, '?');
+	if (query && !out->sentinel)
+		return "a redis:// URL takes no query parameters (the database goes after '/')";
+	if (out->sentinel && (err = parse_sentinel_query(query, out)) != NULL)
+		return err;
+	if (query)
+		end = query;
+	slash = memchr(host, '/', end - host);
+	authority_end = slash ? slash : end;
+
+	err = parse_hosts(host, authority_end - host, out->sentinel ? 26379 : 6379, out);
+	if (err)
+		return err;
+	if (slash && slash + 1 < end &&
+		!parse_int(slash + 1, end - slash - 1, 0, MAX_DB, &out->db))
+		return "the database after '/' must be a whole number from 0 to 1000000";
+	return NULL;
+}
+
+static const struct
+{
+	const char *prefix;
+	bool		tls;
+	bool		sentinel;
+}			schemes[] = {
+	{"redis://", false, false},
+	{"rediss://", true, false},
+	{"redis-sentinel://", false, true},
+	{"rediss-sentinel://", true, true},
+};
 
 const char *
 redis_url_parse(const char *url, RedisUrl *out)
 {
 	memset(out, 0, sizeof(*out));
-	out->port = DEFAULT_PORT;
 
 	if (url == NULL || url[0] == '\0')
 		return "the URL is empty";
-	if (strncmp(url, "redis://", 8) == 0)
-		return parse_tcp(url + 8, out);
+	for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++)
+	{
+		size_t		len = strlen(schemes[i].prefix);
+
+		if (strncmp(url, schemes[i].prefix, len) == 0)
+		{
+			out->tls = schemes[i].tls;
+			out->sentinel = schemes[i].sentinel;
+			return parse_tcp(url + len, len, out);
+		}
+	}
 	if (strncmp(url, "unix://", 7) == 0)
 	{
 		out->is_unix = true;
 		return parse_unix(url + 7, out);
 	}
-	if (strncmp(url, "rediss://", 9) == 0)
-		return "TLS (rediss://) is not supported; use redis:// or unix://";
-	return "the URL must start with redis:// or unix://";
+	return "the URL must start with redis://, rediss://, redis-sentinel://, rediss-sentinel:// or unix://";
 }

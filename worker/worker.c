@@ -217,10 +217,11 @@ entity_cache_worker_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
-		/* a changed URL, password or timeout means a new connection */
+		/* a changed URL, password, timeout or TLS setting: a new connection */
 		if (url == NULL || strcmp(url, ec_redis_url) != 0 ||
 			strcmp(password, ec_redis_password) != 0 ||
-			timeout_ms != ec_redis_timeout_ms)
+			timeout_ms != ec_redis_timeout_ms ||
+			ec_redis_tls_settings_changed())
 		{
 			if (url)
 			{
