@@ -446,6 +446,32 @@ entity_cache_sync(PG_FUNCTION_ARGS)
 #define EC_STATUS_REDIS_NODE 10
 #define EC_STATUS_REDIS_TLS 11
 
+/*
+ * The cluster columns of status: NULL unless the worker serves a Redis
+ * Cluster (worker/cluster.c fills them).
+ */
+static void
+status_cluster(Datum *values, bool *nulls)
+{
+	int			nodes;
+	TimestampTz loaded_at;
+	uint64		redirections;
+
+	SpinLockAcquire(&ec_shared->mutex);
+	nodes = ec_shared->cluster_nodes;
+	loaded_at = ec_shared->cluster_slots_loaded_at;
+	redirections = ec_shared->cluster_redirections;
+	SpinLockRelease(&ec_shared->mutex);
+	if (nodes == 0)
+		return;
+	values[EC_STATUS_CLUSTER_NODES] = Int32GetDatum(nodes);
+	nulls[EC_STATUS_CLUSTER_NODES] = false;
+	values[EC_STATUS_CLUSTER_NODES + 1] = TimestampTzGetDatum(loaded_at);
+	nulls[EC_STATUS_CLUSTER_NODES + 1] = false;
+	values[EC_STATUS_CLUSTER_NODES + 2] = Int64GetDatum((int64) redirections);
+	nulls[EC_STATUS_CLUSTER_NODES + 2] = false;
+}
+
 /* _status(): the row behind the entity_cache.status view. */
 Datum
 entity_cache_status(PG_FUNCTION_ARGS)
@@ -469,9 +495,6 @@ entity_cache_status(PG_FUNCTION_ARGS)
 					errors;
 		TimestampTz err_at;
 		char		err[EC_LAST_ERROR_LEN];
-		int			cluster_nodes;
-		TimestampTz cluster_loaded_at;
-		uint64		cluster_redirections;
 		char		node[EC_REDIS_NODE_LEN];
 		bool		tls;
 
@@ -482,9 +505,6 @@ entity_cache_status(PG_FUNCTION_ARGS)
 		errors = ec_shared->errors_total;
 		err_at = ec_shared->last_error_at;
 		memcpy(err, ec_shared->last_error, sizeof(err));
-		cluster_nodes = ec_shared->cluster_nodes;
-		cluster_loaded_at = ec_shared->cluster_slots_loaded_at;
-		cluster_redirections = ec_shared->cluster_redirections;
 		memcpy(node, ec_shared->redis_node, sizeof(node));
 		tls = ec_shared->redis_tls;
 		SpinLockRelease(&ec_shared->mutex);
@@ -515,16 +535,8 @@ entity_cache_status(PG_FUNCTION_ARGS)
 			values[7] = TimestampTzGetDatum(err_at);
 			nulls[7] = false;
 		}
-		/* cluster columns: NULL unless the worker serves a Redis Cluster */
-		if (pid != 0 && cluster_nodes > 0)
-		{
-			values[EC_STATUS_CLUSTER_NODES] = Int32GetDatum(cluster_nodes);
-			nulls[EC_STATUS_CLUSTER_NODES] = false;
-			values[EC_STATUS_CLUSTER_NODES + 1] = TimestampTzGetDatum(cluster_loaded_at);
-			nulls[EC_STATUS_CLUSTER_NODES + 1] = false;
-			values[EC_STATUS_CLUSTER_NODES + 2] = Int64GetDatum((int64) cluster_redirections);
-			nulls[EC_STATUS_CLUSTER_NODES + 2] = false;
-		}
+		if (pid != 0)
+			status_cluster(values, nulls);
 	}
 
 	SPI_connect();

@@ -33,6 +33,45 @@ add_part(EcTemplate *out, size_t offset, size_t len, bool is_column)
 	return true;
 }
 
+/*
+ * The placeholder opened by the '{' at tmpl[open]: *close is set to its
+ * '}'.  Returns NULL, or a message with *errpos set.
+ */
+static const char *
+scan_placeholder(const char *tmpl, size_t len, size_t open, size_t *close,
+				 size_t *errpos)
+{
+	size_t		j = open + 1;
+
+	while (j < len && tmpl[j] != '}')
+	{
+		/* a NUL would cut the column name short where it is used */
+		if (tmpl[j] == '\0')
+		{
+			*errpos = j;
+			return "key template contains a NUL byte";
+		}
+		if (tmpl[j] == '{')
+		{
+			*errpos = j;
+			return "'{' inside a placeholder";
+		}
+		j++;
+	}
+	if (j >= len)
+	{
+		*errpos = open;
+		return "unterminated placeholder: '{' without a closing '}'";
+	}
+	if (j == open + 1)
+	{
+		*errpos = open;
+		return "empty placeholder \"{}\": put a column name between the braces";
+	}
+	*close = j;
+	return NULL;
+}
+
 const char *
 ec_template_parse(const char *tmpl, size_t len, EcTemplate *out, size_t *errpos)
 {
@@ -75,33 +114,11 @@ ec_template_parse(const char *tmpl, size_t len, EcTemplate *out, size_t *errpos)
 		if (c == '{')
 		{
 			size_t		start = i + 1;
-			size_t		j = start;
+			size_t		j;
+			const char *err = scan_placeholder(tmpl, len, i, &j, errpos);
 
-			while (j < len && tmpl[j] != '}')
-			{
-				/* a NUL would cut the column name short where it is used */
-				if (tmpl[j] == '\0')
-				{
-					*errpos = j;
-					return "key template contains a NUL byte";
-				}
-				if (tmpl[j] == '{')
-				{
-					*errpos = j;
-					return "'{' inside a placeholder";
-				}
-				j++;
-			}
-			if (j >= len)
-			{
-				*errpos = i;
-				return "unterminated placeholder: '{' without a closing '}'";
-			}
-			if (j == start)
-			{
-				*errpos = i;
-				return "empty placeholder \"{}\": put a column name between the braces";
-			}
+			if (err)
+				return err;
 			if (i > lit_start && !add_part(out, lit_start, i - lit_start, false))
 			{
 				*errpos = i;
