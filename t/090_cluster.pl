@@ -3,7 +3,8 @@
 # rest from CLUSTER SLOTS.
 #
 #   - refresh mode writes every key on the primary that owns its slot
-#     (found there by KEYS, no redirection needed), over all 3 primaries;
+#     (found there by KEYS, no redirection needed), over all 3 primaries,
+#     also 20,000 keys of one commit;
 #     delete mode removes them; hash-tagged keys ('{{' '}}' in templates)
 #     land in their tag's slot, many keys of one slot go in one UNLINK
 #   - flush_all() removes every matching key on every primary and nothing
@@ -76,6 +77,25 @@ is(ec_status($node)->{cluster_redirections}, '0',
 my $cache = cluster_dump($c, 'entity:metadata:*');
 is(scalar(grep { ($cache->{"entity:metadata:$_"} // '') eq $rows->{$_} } keys %$rows),
 	$ncodes, 'refresh mode: every key holds its row JSON');
+
+# 20,000 keys in one commit: twenty full batches, ~1,000 commands each
+sub count_all
+{
+	my ($glob) = @_;
+	my $n = 0;
+	for my $port (cluster_primaries($c))
+	{
+		$n += redis_count((grep { $_->{port} == $port } @{ $c->{nodes} })[0], $glob);
+	}
+	return $n;
+}
+$node->safe_psql('postgres',
+	"INSERT INTO app.entity (code, label) SELECT 'b' || g, 'B' FROM generate_series(1, 20000) g");
+ok(wait_for_sync($node, 120), '20,000 inserts applied');
+is(count_all('entity:metadata:b*'), 20000, 'refresh mode: 20,000 keys SET over the primaries');
+$node->safe_psql('postgres', "DELETE FROM app.entity WHERE code LIKE 'b%'");
+ok(wait_for_sync($node, 120), '20,000 deletes applied');
+is(count_all('entity:metadata:b*'), 0, 'their keys removed');
 
 set_mode('delete');
 $node->safe_psql('postgres', "UPDATE app.entity SET label = 'x' || label");

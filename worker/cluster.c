@@ -269,7 +269,7 @@ static bool
 send_round(EcRoutedCmd *cmds, int n, StringInfo err)
 {
 	bool		lost = false;
-	EcConn	  **set = palloc(sizeof(EcConn *) * Max(nconns, 1));
+	EcConn	  **set;
 	int			nset = 0;
 
 	for (int i = 0; i < nconns; i++)
@@ -303,7 +303,12 @@ send_round(EcRoutedCmd *cmds, int n, StringInfo err)
 		c->sent_on = k;
 		conns[k].nsent++;
 	}
-	/* the transport skips the broken ones; their replies are missed below */
+	/*
+	 * Routing may have added connections (a node new to us): size the set
+	 * only now.  The transport skips broken ones; their replies are missed
+	 * below.
+	 */
+	set = palloc(sizeof(EcConn *) * Max(nconns, 1));
 	for (int k = 0; k < nconns; k++)
 		if (conns[k].nsent > 0)
 			set[nset++] = conns[k].conn;
