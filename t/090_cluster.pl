@@ -1,6 +1,7 @@
 # Redis Cluster: 3 primaries + 3 replicas on loopback, created with
-# redis-cli --cluster create.  The worker is given one seed and finds the
-# rest from CLUSTER SLOTS.
+# redis-cli --cluster create, with requirepass; the worker logs in as an ACL
+# user limited to the commands it needs, with the primaries as seeds, and
+# finds the slot map with CLUSTER SLOTS.
 #
 #   - refresh mode writes every key on the primary that owns its slot
 #     (found there by KEYS, no redirection needed), over all 3 primaries,
@@ -28,11 +29,23 @@ use EntityCacheTest;
 my $ncodes = 1000;
 my $t0 = time();
 
-my $c = start_redis_cluster(primaries => 3, replicas => 1);
+# every node wants a password, and the worker logs in as an ACL user that
+# may run only what it needs (created on each node: ACLs do not propagate)
+my $c = start_redis_cluster(primaries => 3, replicas => 1, password => 'clusterpw',
+	extra => [ '--requirepass', 'clusterpw', '--masterauth', 'clusterpw' ]);
 my @primaries = cluster_primaries($c);
 is(scalar @primaries, 3, 'cluster of 3 primaries is up');
+for my $r (@{ $c->{nodes} })
+{
+	is(redis_cli($r, 'ACL', 'SETUSER', 'ec_worker', 'on', '>workerpw', '~*', 'resetchannels',
+			'+ping', '+info', '+cluster|slots', '+asking', '+unlink', '+set', '+scan'),
+		'OK', "ACL user on $r->{port}");
+}
 
-my $node = new_node('primary', $c->{seed}, conf => "entity_cache.mode = 'refresh'\n");
+# the URL lists every primary as a seed
+my $url = 'redis://ec_worker:workerpw@' . join(',', map { "127.0.0.1:$_" } @primaries);
+my $node = new_node('primary', $c->{seed},
+	conf => "entity_cache.mode = 'refresh'\nentity_cache.redis_url = '$url'\n");
 ok(wait_until(sub { ec_status($node)->{redis_connected} eq 't' }), 'worker connected');
 my $st = ec_status($node);
 is($st->{cluster_nodes}, '3', 'status: 3 primaries in the slot map');
@@ -168,7 +181,8 @@ sub node_id
 under_load('reshard', 15, sub {
 	my ($from, $to) = (node_id($primaries[0]), node_id($primaries[1]));
 	my ($out, $err) = ('', '');
-	my $ok = IPC::Run::run([ 'redis-cli', '--cluster', 'reshard', "127.0.0.1:$primaries[0]",
+	my $ok = IPC::Run::run([ 'redis-cli', '--no-auth-warning', '-a', $c->{password},
+			'--cluster', 'reshard', "127.0.0.1:$primaries[0]",
 			'--cluster-from', $from, '--cluster-to', $to,
 			'--cluster-slots', '2000', '--cluster-yes' ],
 		'>', \$out, '2>', \$err);
