@@ -92,7 +92,13 @@ my $tmp = $PostgreSQL::Test::Utils::tmp_check;
 my $target_file = "$tmp/fault_target";            # "host port" of the primary
 my $password_file = "$tmp/fault_redis_password";  # the readers' Redis password
 
-my $redis = start_redis(persist => 1);
+# EC_FAULT_TLS=1 (t/061_fault_harness_tls.pl): the worker reaches Redis
+# over rediss://, the server's certificate checked against a test CA; the
+# readers and the checks use the same server's plaintext port
+my $tls = $ENV{EC_FAULT_TLS};
+my $certs = $tls ? make_test_certs(PostgreSQL::Test::Utils::tempdir('certs')) : undef;
+my $redis = start_redis(persist => 1, $tls ? (tls => { cert => $certs->{server},
+	key => $certs->{server_key}, ca => $certs->{ca}, plain_port => 1 }) : ());
 # the test framework turns restart_after_crash off; production default is on
 my $node = new_node('primary', $redis, init => { allows_streaming => 1 },
 	conf => "entity_cache.redis_timeout = 500\nrestart_after_crash = on\n");
@@ -113,6 +119,7 @@ write_file($password_file, '');
 $node->safe_psql('postgres', qq{
 INSERT INTO app.entity (code, label) SELECT 'c' || g, 'L' || g FROM generate_series(1, $ncodes) g});
 ok(wait_until(sub { ec_status($node)->{redis_connected} eq 't' }), 'worker connected');
+is(ec_status($node)->{redis_tls}, $tls ? 't' : 'f', 'worker connected ' . ($tls ? 'over TLS' : 'in plaintext'));
 ok(wait_for_sync($node), 'initial rows applied');
 
 my $script = "$tmp/fault_update.sql";

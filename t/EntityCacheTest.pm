@@ -17,7 +17,8 @@ our @EXPORT = qw(start_redis restart_redis redis_cli stop_redis new_node
   create_entity_schema wait_for_sync wait_until redis_fill redis_count
   ec_status worker_pid redis_exist_count worker_count new_standby
   start_redis_cluster cluster_cli cluster_primaries cluster_wait_ok
-  cluster_dump row_jsons lost_and_stale start_update_load finish_update_load);
+  cluster_dump row_jsons lost_and_stale start_update_load finish_update_load
+  make_test_certs redis_url);
 
 my @redis_servers;
 
@@ -33,7 +34,10 @@ sub start_redis
 		dir => $opts{dir} // PostgreSQL::Test::Utils::tempdir('redis'),
 		extra => [ @{ $opts{extra} // [] } ],
 		persist => $opts{persist},
+		tls => $opts{tls},
 		password => $opts{password} };
+	$r->{tls_port} = PostgreSQL::Test::Cluster::get_free_port()
+	  if $r->{tls} && $r->{tls}{plain_port};
 	_launch_redis($r);
 	push @redis_servers, $r;
 	return $r;
@@ -68,7 +72,7 @@ sub _launch_redis
 		'--appendfsync', 'always') : ('--save', '', '--appendonly', 'no');
 	unlink "$dir/redis.pid";
 	my @cmd = (
-		'redis-server', '--port', $port, '--bind', '127.0.0.1',
+		'redis-server', _listen_args($r), '--bind', '127.0.0.1',
 		'--dir', $dir, '--daemonize', 'yes',
 		'--pidfile', "$dir/redis.pid", '--logfile', "$dir/redis.log",
 		@persist, @{ $r->{extra} });
@@ -84,13 +88,41 @@ sub _launch_redis
 	close $fh;
 }
 
+# the port options: plain, or with tls => {cert, key, ca, auth_clients,
+# client_cert, client_key} TLS only (--port 0), as managed services run;
+# with tls => {..., plain_port => 1} both: port plain, tls_port TLS (the
+# fault harness over TLS: the worker on TLS, its readers and checks plain)
+sub _listen_args
+{
+	my ($r) = @_;
+	my $t = $r->{tls};
+	return ('--port', $r->{port}) unless $t;
+	return ('--port', $t->{plain_port} ? $r->{port} : '0',
+		'--tls-port', $r->{tls_port} // $r->{port},
+		'--tls-cert-file', $t->{cert}, '--tls-key-file', $t->{key},
+		'--tls-ca-cert-file', $t->{ca},
+		'--tls-auth-clients', $t->{auth_clients} // 'no');
+}
+
+# redis-cli's options to reach $r: over TLS without checking the server
+# (the tests check the worker's verification, not the CLI's), with the
+# trusted client certificate for servers that require one
+sub _cli_tls_args
+{
+	my ($r) = @_;
+	my $t = $r->{tls};
+	return () unless $t && !$t->{plain_port};
+	return ('--tls', '--insecure',
+		$t->{client_cert} ? ('--cert', $t->{client_cert}, '--key', $t->{client_key}) : ());
+}
+
 # redis_cli($r, @args): the reply as redis-cli prints it, chomped
 sub redis_cli
 {
 	my ($r, @args) = @_;
 	my @auth = defined $r->{password} ? ('--no-auth-warning', '-a', $r->{password}) : ();
 	my ($out, $err) = ('', '');
-	IPC::Run::run([ 'redis-cli', '-h', '127.0.0.1', '-p', $r->{port}, @auth, @args ],
+	IPC::Run::run([ 'redis-cli', '-h', '127.0.0.1', '-p', $r->{port}, _cli_tls_args($r), @auth, @args ],
 		'>', \$out, '2>', \$err);
 	chomp $out;
 	return $out;
@@ -296,6 +328,52 @@ sub finish_update_load
 	return ${ $load->{out} } =~ /number of transactions actually processed: (\d+)/ ? $1 : 0;
 }
 
+# make_test_certs($dir): certificates for the TLS suites, made with the
+# openssl CLI: a CA (ca.crt) and another CA nobody trusts (ca2.crt); server
+# certificates for 127.0.0.1 and localhost (server), for another host only
+# (wronghost), expired (expired), signed by the other CA (unknownca); client
+# certificates signed by the CA (client) and by the other one (badclient).
+# Returns { name => path } with each NAME.crt and NAME.key.
+sub make_test_certs
+{
+	my ($dir) = @_;
+	my %p;
+	my $ossl = sub {
+		my ($out, $err) = ('', '');
+		IPC::Run::run([ 'openssl', @_ ], '>', \$out, '2>', \$err)
+		  or die "openssl @_ failed: $err";
+	};
+	for my $ca (qw(ca ca2))
+	{
+		$ossl->('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
+			'-keyout', "$dir/$ca.key", '-out', "$dir/$ca.crt", '-subj', "/CN=entity_cache test $ca");
+		$p{$ca} = "$dir/$ca.crt";
+	}
+	my %certs = (
+		server => [ 'ca', 'IP:127.0.0.1,DNS:localhost', 2 ],
+		wronghost => [ 'ca', 'DNS:other.example', 2 ],
+		expired => [ 'ca', 'IP:127.0.0.1,DNS:localhost', -1 ],
+		unknownca => [ 'ca2', 'IP:127.0.0.1,DNS:localhost', 2 ],
+		client => [ 'ca', 'DNS:entity-cache-client', 2 ],
+		badclient => [ 'ca2', 'DNS:entity-cache-client', 2 ]);
+	for my $name (sort keys %certs)
+	{
+		my ($ca, $san, $days) = @{ $certs{$name} };
+		open my $fh, '>', "$dir/$name.ext" or die;
+		print $fh "subjectAltName = $san\n";
+		close $fh;
+		$ossl->('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', "$dir/$name.key",
+			'-out', "$dir/$name.csr", '-subj', "/CN=$name");
+		$ossl->('x509', '-req', '-in', "$dir/$name.csr", '-CA', "$dir/$ca.crt",
+			'-CAkey', "$dir/$ca.key", '-CAcreateserial', '-days', $days,
+			'-extfile', "$dir/$name.ext", '-out', "$dir/$name.crt");
+		$p{$name} = "$dir/$name.crt";
+		$p{"${name}_key"} = "$dir/$name.key";
+	}
+	chmod 0600, glob("$dir/*.key");
+	return \%p;
+}
+
 # the seed table of the application, as the README describes it
 sub create_entity_schema
 {
@@ -304,19 +382,28 @@ sub create_entity_schema
 		"$FindBin::RealBin/../scripts/app_entity.sql"));
 }
 
+# the URL the worker reaches $redis with: rediss:// to a TLS server
+sub redis_url
+{
+	my ($r) = @_;
+	return "rediss://127.0.0.1:" . ($r->{tls_port} // $r->{port}) . "/0" if $r->{tls};
+	return "redis://127.0.0.1:$r->{port}/0";
+}
+
 # new_node($name, $redis, conf => "extra lines", no_schema => 1)
 sub new_node
 {
 	my ($name, $redis, %opts) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init(%{ $opts{init} // {} });
-	my $url = "redis://127.0.0.1:$redis->{port}/0";
+	my $url = redis_url($redis);
+	my $ca = $redis->{tls} ? "entity_cache.redis_tls_ca_file = '$redis->{tls}{ca}'\n" : '';
 	$node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'entity_cache'
 entity_cache.database = 'postgres'
 entity_cache.redis_url = '$url'
 entity_cache.redis_timeout = 1000
-} . ($opts{conf} // ''));
+$ca} . ($opts{conf} // ''));
 	$node->start;
 	unless ($opts{no_schema})
 	{
@@ -384,7 +471,7 @@ sub new_standby
 	my $standby = PostgreSQL::Test::Cluster->new($name);
 	$standby->init_from_backup($primary, "${name}_backup", has_streaming => 1);
 	Test::More::like(PostgreSQL::Test::Utils::slurp_file($standby->data_dir . '/postgresql.conf'),
-		qr/shared_preload_libraries = 'entity_cache'.*entity_cache\.redis_url = 'redis:\/\/127\.0\.0\.1:$redis->{port}\/0'/s,
+		qr/shared_preload_libraries = 'entity_cache'.*entity_cache\.redis_url = '\Q@{[ redis_url($redis) ]}\E'/s,
 		"$name: preloads entity_cache, same Redis");
 	$standby->start;
 	$primary->wait_for_catchup($standby);

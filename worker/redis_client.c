@@ -42,6 +42,9 @@ static char cur_password[EC_URL_PASSWORD_MAX];
 static int	cur_timeout_ms = 2000;
 static EcTlsContext *cur_tls = NULL;	/* NULL: plaintext */
 
+/* Sentinel: replicas of the master as its last ROLE reply listed them */
+static int	cur_replicas = 0;
+
 /* the TLS and Sentinel settings in force, to notice a reload changing them */
 static char *used_ca_file = NULL;
 static char *used_cert_file = NULL;
@@ -120,19 +123,23 @@ ec_redis_tls_settings_changed(void)
 }
 
 /*
- * Load the TLS context the URL asks for, from the current settings; also
- * remember those settings.  False with err set if a file is unusable.
+ * Load the TLS context the URL asks for, from the settings remembered for
+ * this connect.  False with err set if a file is unusable.
  */
-static bool
-load_tls(StringInfo err)
+static void
+remember_settings(void)
 {
-	EcTlsSettings settings;
-
 	remember(&used_ca_file, ec_redis_tls_ca_file);
 	remember(&used_cert_file, ec_redis_tls_cert_file);
 	remember(&used_key_file, ec_redis_tls_key_file);
 	remember(&used_sentinel_password, ec_redis_sentinel_password);
 	used_tls_verify = ec_redis_tls_verify;
+}
+
+static bool
+load_tls(StringInfo err)
+{
+	EcTlsSettings settings;
 
 	ec_tls_context_free(cur_tls);
 	cur_tls = NULL;
@@ -240,7 +247,176 @@ ec_redis_open_node(const char *host, int port, StringInfo err)
 					   cur_url.db, "Redis", err);
 }
 
-/* The URL's hosts in order; the first that connects wins. */
+
+/* What one sentinel says of the master. */
+typedef struct SentinelView
+{
+	bool		valid;			/* it answered with an address */
+	bool		failing_over;	/* it is running a failover of the master */
+	long long	epoch;			/* its config-epoch: the newest view wins */
+	char		host[EC_URL_HOST_MAX];
+	int			port;
+} SentinelView;
+
+/* The value of field in a SENTINEL MASTER reply (a flat array), or NULL. */
+static const char *
+master_field(const redisReply *reply, const char *field)
+{
+	if (reply->type != REDIS_REPLY_ARRAY)
+		return NULL;
+	for (size_t i = 0; i + 1 < reply->elements; i += 2)
+		if (reply->element[i]->type == REDIS_REPLY_STRING &&
+			reply->element[i + 1]->type == REDIS_REPLY_STRING &&
+			strcmp(reply->element[i]->str, field) == 0)
+			return reply->element[i + 1]->str;
+	return NULL;
+}
+
+/* Read the two replies of a sentinel into v; false with err set. */
+static bool
+read_sentinel_view(EcConn *c, SentinelView *v, StringInfo err)
+{
+	redisReply *addr = ec_conn_take_reply(c);
+	redisReply *master = ec_conn_take_reply(c);
+	const char *flags = master_field(master, "flags");
+	const char *epoch = master_field(master, "config-epoch");
+
+	if (addr->type == REDIS_REPLY_ARRAY && addr->elements == 2 &&
+		addr->element[0]->type == REDIS_REPLY_STRING &&
+		addr->element[1]->type == REDIS_REPLY_STRING &&
+		addr->element[0]->len < sizeof(v->host) &&
+		(v->port = atoi(addr->element[1]->str)) > 0 && v->port <= 65535)
+	{
+		memcpy(v->host, addr->element[0]->str, addr->element[0]->len);
+		v->host[addr->element[0]->len] = '\0';
+		v->valid = true;
+		v->failing_over = flags && strstr(flags, "failover_in_progress") != NULL;
+		v->epoch = epoch ? strtoll(epoch, NULL, 10) : 0;
+	}
+	else if (addr->type == REDIS_REPLY_ERROR)
+		appendStringInfo(err, "Redis Sentinel at %s: %s", ec_conn_node(c), addr->str);
+	else
+		appendStringInfo(err, "Redis Sentinel at %s does not know a master named \"%s\"",
+						 ec_conn_node(c), cur_url.master);
+	freeReplyObject(addr);
+	freeReplyObject(master);
+	return v->valid;
+}
+
+/*
+ * Ask every sentinel at once (one pipeline each, all in flight together)
+ * where the master is.  views[i] is sentinel i's answer; err collects the
+ * failures.
+ */
+static void
+ask_sentinels(SentinelView *views, StringInfo err)
+{
+	EcConn	   *cs[EC_URL_MAX_HOSTS] = {0};
+	const char *spass = used_sentinel_password[0] ? used_sentinel_password : cur_url.password;
+	const char *suser = used_sentinel_password[0] ? "" : cur_url.user;
+	const char *aargv[3] = {"SENTINEL", "get-master-addr-by-name", cur_url.master};
+	size_t		aargvlen[3] = {8, 23, strlen(cur_url.master)};
+	const char *margv[3] = {"SENTINEL", "master", cur_url.master};
+	size_t		margvlen[3] = {8, 6, strlen(cur_url.master)};
+
+	for (int i = 0; i < cur_url.nhosts; i++)
+	{
+		StringInfoData one;
+
+		initStringInfo(&one);
+		memset(&views[i], 0, sizeof(SentinelView));
+		cs[i] = open_target(cur_url.hosts[i].host, cur_url.hosts[i].port, NULL,
+							suser, spass, -1, "Redis Sentinel", &one);
+		if (cs[i])
+		{
+			ec_conn_append(cs[i], 3, aargv, aargvlen);
+			ec_conn_append(cs[i], 3, margv, margvlen);
+		}
+		else
+			appendStringInfo(err, "%s%s", err->len ? "; " : "", one.data);
+		pfree(one.data);
+	}
+	(void) ec_conn_exchange(cs, cur_url.nhosts, ec_deadline_after(cur_timeout_ms));
+	for (int i = 0; i < cur_url.nhosts; i++)
+	{
+		StringInfoData one;
+
+		if (cs[i] == NULL)
+			continue;
+		initStringInfo(&one);
+		if (ec_conn_is_broken(cs[i]))
+			appendStringInfo(&one, "Redis Sentinel: %s", ec_conn_error(cs[i]));
+		else
+			(void) read_sentinel_view(cs[i], &views[i], &one);
+		if (one.len)
+			appendStringInfo(err, "%s%s", err->len ? "; " : "", one.data);
+		pfree(one.data);
+		ec_conn_close(cs[i]);
+	}
+}
+
+/*
+ * A ROLE reply: the number of replicas of a master, or -1 with err set if
+ * the node is not (or no longer) a master.
+ */
+static int
+role_replicas(EcConn *c, const redisReply *reply, StringInfo err)
+{
+	if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 3 &&
+		reply->element[0]->type == REDIS_REPLY_STRING &&
+		strcmp(reply->element[0]->str, "master") == 0)
+		return reply->element[2]->type == REDIS_REPLY_ARRAY ? (int) reply->element[2]->elements : 0;
+	appendStringInfo(err, "Redis at %s is not %s (ROLE: %s)%s", ec_conn_node(c),
+					 cur_url.sentinel ? "the master the sentinels named" : "a master",
+					 reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+					 reply->element[0]->type == REDIS_REPLY_STRING ?
+					 reply->element[0]->str :
+					 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply",
+					 cur_url.sentinel ? "; asking the sentinels again" : "; trying the next host");
+	return -1;
+}
+
+/* ROLE says master?  False with err set otherwise. */
+static bool
+confirm_master(EcConn *c, StringInfo err)
+{
+	redisReply *reply = ec_conn_command(c, 1, (const char *[]) {"ROLE"}, (size_t[]) {4},
+										ec_deadline_after(cur_timeout_ms), "Redis ROLE", err);
+
+	if (reply == NULL)
+		return false;
+	cur_replicas = role_replicas(c, reply, err);
+	freeReplyObject(reply);
+	return cur_replicas >= 0;
+}
+
+/* Does the node behind c run in cluster mode?  False on any doubt. */
+static bool
+cluster_enabled(EcConn *c)
+{
+	StringInfoData ignored;
+	redisReply *reply;
+	bool		yes;
+
+	initStringInfo(&ignored);
+	reply = ec_conn_command(c, 2, (const char *[]) {"INFO", "cluster"}, (size_t[]) {4, 7},
+							ec_deadline_after(cur_timeout_ms), "Redis INFO", &ignored);
+	pfree(ignored.data);
+	if (reply == NULL)
+		return false;
+	yes = reply->type == REDIS_REPLY_STRING &&
+		strstr(reply->str, "cluster_enabled:1") != NULL;
+	freeReplyObject(reply);
+	return yes;
+}
+
+/*
+ * The URL's hosts in order; the first that connects wins.  With several
+ * hosts, a replica is skipped: they are failover candidates, and after a
+ * promotion the first host may be the old master turned replica.  A Redis
+ * Cluster node is taken whatever its role: the hosts are then seeds, and
+ * any node can tell the slot map.
+ */
 static EcConn *
 connect_hosts(StringInfo err)
 {
@@ -251,105 +427,52 @@ connect_hosts(StringInfo err)
 		if (i > 0)
 			appendStringInfoString(err, "; ");
 		c = ec_redis_open_node(cur_url.hosts[i].host, cur_url.hosts[i].port, err);
-		if (c)
-		{
-			resetStringInfo(err);
-			return c;
-		}
-	}
-	return NULL;
-}
-
-/*
- * Ask sentinel i where the master is: true with host and port set, or
- * false with err set.
- */
-static bool
-sentinel_ask(int i, char *host, size_t hostsize, int *port, StringInfo err)
-{
-	const RedisUrlHost *s = &cur_url.hosts[i];
-	const char *spass = used_sentinel_password[0] ? used_sentinel_password : cur_url.password;
-	const char *suser = used_sentinel_password[0] ? "" : cur_url.user;
-	const char *argv[3] = {"SENTINEL", "get-master-addr-by-name", cur_url.master};
-	size_t		argvlen[3] = {8, 23, strlen(cur_url.master)};
-	EcConn	   *c;
-	redisReply *reply;
-	bool		ok = false;
-
-	c = open_target(s->host, s->port, NULL, suser, spass, -1, "Redis Sentinel", err);
-	if (c == NULL)
-		return false;
-	reply = ec_conn_command(c, 3, argv, argvlen, ec_deadline_after(cur_timeout_ms),
-							"Redis Sentinel", err);
-	if (reply == NULL)
-		;
-	else if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
-			 reply->element[0]->type == REDIS_REPLY_STRING &&
-			 reply->element[1]->type == REDIS_REPLY_STRING &&
-			 reply->element[0]->len < hostsize &&
-			 (*port = atoi(reply->element[1]->str)) > 0 && *port <= 65535)
-	{
-		memcpy(host, reply->element[0]->str, reply->element[0]->len);
-		host[reply->element[0]->len] = '\0';
-		ok = true;
-	}
-	else if (reply->type == REDIS_REPLY_ERROR)
-		appendStringInfo(err, "Redis Sentinel at %s: %s", ec_conn_node(c), reply->str);
-	else
-		appendStringInfo(err, "Redis Sentinel at %s does not know a master named \"%s\"",
-						 ec_conn_node(c), cur_url.master);
-	if (reply)
-		freeReplyObject(reply);
-	ec_conn_close(c);
-	return ok;
-}
-
-/* ROLE says master?  False with err set otherwise. */
-static bool
-confirm_master(EcConn *c, StringInfo err)
-{
-	redisReply *reply = ec_conn_command(c, 1, (const char *[]) {"ROLE"}, (size_t[]) {4},
-										ec_deadline_after(cur_timeout_ms), "Redis ROLE", err);
-	bool		ok;
-
-	if (reply == NULL)
-		return false;
-	ok = reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
-		reply->element[0]->type == REDIS_REPLY_STRING &&
-		strcmp(reply->element[0]->str, "master") == 0;
-	if (!ok)
-		appendStringInfo(err, "Redis at %s, named master \"%s\" by the sentinels, is not a master (ROLE: %s)",
-						 ec_conn_node(c), cur_url.master,
-						 reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
-						 reply->element[0]->type == REDIS_REPLY_STRING ?
-						 reply->element[0]->str : "unexpected reply");
-	freeReplyObject(reply);
-	return ok;
-}
-
-/* One round: each sentinel in turn, until one names a confirmed master. */
-static EcConn *
-sentinel_round(StringInfo err)
-{
-	char		host[EC_URL_HOST_MAX];
-	int			port;
-
-	for (int i = 0; i < cur_url.nhosts; i++)
-	{
-		EcConn	   *c;
-
-		if (err->len > 0)
-			appendStringInfoString(err, "; ");
-		if (!sentinel_ask(i, host, sizeof(host), &port, err))
-			continue;
-		c = ec_redis_open_node(host, port, err);
-		if (c && confirm_master(c, err))
+		if (c && (cur_url.nhosts == 1 || cluster_enabled(c) || confirm_master(c, err)))
 		{
 			resetStringInfo(err);
 			return c;
 		}
 		ec_conn_close(c);
 	}
+	return NULL;
+}
+
+/*
+ * One round: ask every sentinel; unless one of them is running a failover
+ * of the master, connect to the master named by the newest view (highest
+ * config-epoch: after a failover, the sentinels that ran it know first)
+ * and confirm it with ROLE.
+ */
+static EcConn *
+sentinel_round(StringInfo err)
+{
+	SentinelView views[EC_URL_MAX_HOSTS];
+	SentinelView *best = NULL;
+	EcConn	   *c;
+
+	ask_sentinels(views, err);
+	for (int i = 0; i < cur_url.nhosts; i++)
+	{
+		if (!views[i].valid)
+			continue;
+		if (views[i].failing_over)
+		{
+			/* the old master may still accept writes it is about to lose */
+			appendStringInfo(err, "%sRedis Sentinel at %s:%d is running a failover of \"%s\"",
+							 err->len ? "; " : "", cur_url.hosts[i].host,
+							 cur_url.hosts[i].port, cur_url.master);
+			return NULL;
+		}
+		if (best == NULL || views[i].epoch > best->epoch)
+			best = &views[i];
+	}
+	if (best == NULL)
+		return NULL;
+	resetStringInfo(err);
+	c = ec_redis_open_node(best->host, best->port, err);
+	if (c && confirm_master(c, err))
+		return c;
+	ec_conn_close(c);
 	return NULL;
 }
 
@@ -377,26 +500,6 @@ connect_sentinel(StringInfo err)
 	}
 }
 
-/* Does the node behind c run in cluster mode?  False on any doubt. */
-static bool
-cluster_enabled(EcConn *c)
-{
-	StringInfoData ignored;
-	redisReply *reply;
-	bool		yes;
-
-	initStringInfo(&ignored);
-	reply = ec_conn_command(c, 2, (const char *[]) {"INFO", "cluster"}, (size_t[]) {4, 7},
-							ec_deadline_after(cur_timeout_ms), "Redis INFO", &ignored);
-	pfree(ignored.data);
-	if (reply == NULL)
-		return false;
-	yes = reply->type == REDIS_REPLY_STRING &&
-		strstr(reply->str, "cluster_enabled:1") != NULL;
-	freeReplyObject(reply);
-	return yes;
-}
-
 /*
  * The URL's node is part of a Redis Cluster: hand over to cluster.c, which
  * loads the slot map from the first of the URL's hosts that answers and
@@ -422,6 +525,7 @@ ec_redis_connect(const char *urltext, const char *password_override,
 	const char *perr;
 
 	ec_redis_disconnect();
+	remember_settings();
 
 	/* the GUC check hook accepted it, so this cannot fail; check anyway */
 	perr = redis_url_parse(urltext, &cur_url);
@@ -458,6 +562,53 @@ ec_redis_append(int argc, const char **argv, const size_t *argvlen)
 }
 
 /*
+ * Behind Sentinel, each pipeline ends with WAIT 1 (if the master had a
+ * replica at the last look) and ROLE.  A failover promotes a replica, and
+ * writes the old master acknowledged but had not replicated are lost with
+ * it: so a batch counts as applied only once a replica has it too.  ROLE
+ * notices a master turned replica, and keeps the replica count current.
+ */
+static void
+append_sentinel_guard(void)
+{
+	char		timeout[16];
+
+	if (cur_replicas > 0)
+	{
+		/* half the timeout: the reply must arrive before our deadline */
+		snprintf(timeout, sizeof(timeout), "%d", Max(cur_timeout_ms / 2, 1));
+		ec_conn_append(conn, 3, (const char *[]) {"WAIT", "1", timeout},
+					   (size_t[]) {4, 1, strlen(timeout)});
+	}
+	ec_conn_append(conn, 1, (const char *[]) {"ROLE"}, (size_t[]) {4});
+}
+
+/* The replies of append_sentinel_guard(): false with err set if not safe. */
+static bool
+check_sentinel_guard(bool waited, StringInfo err)
+{
+	redisReply *wait = waited ? ec_conn_take_reply(conn) : NULL;
+	redisReply *role = ec_conn_take_reply(conn);
+	bool		ok = true;
+
+	if (wait && (wait->type != REDIS_REPLY_INTEGER || wait->integer < 1))
+	{
+		appendStringInfo(err, "Redis at %s applied the batch, but no replica confirmed it within %d ms (WAIT); "
+						 "it will be applied again", ec_conn_node(conn), Max(cur_timeout_ms / 2, 1));
+		ok = false;
+	}
+	if (ok)
+	{
+		cur_replicas = role_replicas(conn, role, err);
+		ok = cur_replicas >= 0;
+	}
+	if (wait)
+		freeReplyObject(wait);
+	freeReplyObject(role);
+	return ok;
+}
+
+/*
  * Read the replies of every appended command.  All are read even after an
  * error reply, so the connection stays in step; the first error is kept.
  */
@@ -465,9 +616,13 @@ bool
 ec_redis_read_replies(StringInfo err)
 {
 	bool		ok = true;
-	bool		readonly = false;
-	redisReply *reply;
+	bool		failover = false;
+	int			n = ec_conn_pending(conn);
+	bool		guard = cur_url.sentinel && n > 0;
+	bool		waited = guard && cur_replicas > 0;
 
+	if (guard)
+		append_sentinel_guard();
 	if (!ec_conn_exchange(&conn, 1, ec_deadline_after(cur_timeout_ms)))
 	{
 		appendStringInfo(err, "Redis connection failed while reading replies: %s",
@@ -475,19 +630,40 @@ ec_redis_read_replies(StringInfo err)
 		ec_redis_disconnect();
 		return false;
 	}
-	while ((reply = ec_conn_take_reply(conn)) != NULL)
+	for (int i = 0; i < n; i++)
 	{
+		redisReply *reply = ec_conn_take_reply(conn);
+
 		if (reply->type == REDIS_REPLY_ERROR && ok)
 		{
 			appendStringInfo(err, "Redis replied with an error: %s", reply->str);
 			ok = false;
-			/* behind Sentinel, READONLY means a failover: find the new master */
-			if (cur_url.sentinel && strncmp(reply->str, "READONLY", 8) == 0)
-				readonly = true;
+			/*
+			 * Behind Sentinel or with several hosts, READONLY means a
+			 * failover: find the new master.  (A lone read-only Redis is
+			 * simply retried.)
+			 */
+			if ((cur_url.sentinel || cur_url.nhosts > 1) &&
+				strncmp(reply->str, "READONLY", 8) == 0)
+				failover = true;
 		}
 		freeReplyObject(reply);
 	}
-	if (readonly)
+	if (guard)
+	{
+		StringInfoData gerr;
+
+		initStringInfo(&gerr);
+		if (!check_sentinel_guard(waited, &gerr))
+		{
+			if (ok)
+				appendStringInfoString(err, gerr.data);
+			ok = false;
+			failover = true;
+		}
+		pfree(gerr.data);
+	}
+	if (failover)
 		ec_redis_disconnect();
 	return ok;
 }

@@ -130,7 +130,8 @@ connect_addr(const struct sockaddr *addr, socklen_t addrlen, int family,
 	}
 	if (connect(fd, addr, addrlen) != 0)
 	{
-		if (errno != EINPROGRESS && errno != EAGAIN)
+		/* a unix socket's EAGAIN is a full backlog, not a connect in progress */
+		if (errno != EINPROGRESS)
 			soerr = errno;
 		else if (!ec_wait_fd(fd, POLLOUT, deadline))
 		{
@@ -185,6 +186,7 @@ connect_tcp(const char *host, int port, const char *node,
 	char		portstr[16];
 	int			rc;
 	int			fd = -1;
+	int			start = err->len;
 
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_family = AF_UNSPEC;
@@ -197,9 +199,11 @@ connect_tcp(const char *host, int port, const char *node,
 						 rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
 		return -1;
 	}
+	/* only the last address's failure is reported, after what err held */
 	for (struct addrinfo *ai = res; ai != NULL && fd < 0; ai = ai->ai_next)
 	{
-		resetStringInfo(err);
+		err->len = start;
+		err->data[start] = '\0';
 		fd = connect_addr(ai->ai_addr, ai->ai_addrlen, ai->ai_family, node,
 						  deadline, err);
 	}
@@ -375,9 +379,12 @@ conn_recv(EcConn *conn, char *buf, size_t len, short *want)
 	n = recv(conn->fd, buf, len, 0);
 	if (n > 0)
 		return n;
-	if (n == 0)
+	if (n == 0 || errno == ECONNRESET)
 	{
-		strlcpy(conn->error, "the server closed the connection", sizeof(conn->error));
+		/* a TLS-only server drops a plaintext client at its first command */
+		snprintf(conn->error, sizeof(conn->error), "%s%s",
+				 n == 0 ? "the server closed the connection" : "connection reset by peer",
+				 conn->got_data ? "" : " before answering (a TLS-only Redis behind redis://? use rediss://)");
 		return -1;
 	}
 	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)

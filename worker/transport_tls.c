@@ -47,6 +47,24 @@ ssl_reason(unsigned long e, const char *fallback)
 	return r ? r : fallback;
 }
 
+/*
+ * OpenSSL reports a missing file as "system lib": say what the system
+ * said.  False with err set if path cannot be read.
+ */
+static bool
+readable(const char *path, const char *what, const char *guc, StringInfo err)
+{
+	FILE	   *f = fopen(path, "r");
+
+	if (f == NULL)
+	{
+		appendStringInfo(err, "could not load the %s \"%s\" (entity_cache.%s): %m", what, path, guc);
+		return false;
+	}
+	fclose(f);
+	return true;
+}
+
 static bool
 load_files(SSL_CTX *ctx, const EcTlsSettings *s, StringInfo err)
 {
@@ -54,6 +72,8 @@ load_files(SSL_CTX *ctx, const EcTlsSettings *s, StringInfo err)
 	{
 		if (s->ca_file && s->ca_file[0])
 		{
+			if (!readable(s->ca_file, "CA file", "redis_tls_ca_file", err))
+				return false;
 			if (SSL_CTX_load_verify_locations(ctx, s->ca_file, NULL) != 1)
 			{
 				appendStringInfo(err, "could not load the CA file \"%s\" (entity_cache.redis_tls_ca_file): %s",
@@ -75,19 +95,23 @@ load_files(SSL_CTX *ctx, const EcTlsSettings *s, StringInfo err)
 	}
 	if (s->cert_file && s->cert_file[0])
 	{
+		if (!readable(s->cert_file, "client certificate", "redis_tls_cert_file", err) ||
+			!readable(s->key_file, "client key", "redis_tls_key_file", err))
+			return false;
 		if (SSL_CTX_use_certificate_chain_file(ctx, s->cert_file) != 1)
 		{
 			appendStringInfo(err, "could not load the client certificate \"%s\" (entity_cache.redis_tls_cert_file): %s",
 							 s->cert_file, ssl_reason(ERR_peek_last_error(), "unreadable"));
 			return false;
 		}
-		if (SSL_CTX_use_PrivateKey_file(ctx, s->key_file, SSL_FILETYPE_PEM) != 1)
+		if (SSL_CTX_use_PrivateKey_file(ctx, s->key_file, SSL_FILETYPE_PEM) != 1 &&
+			ERR_GET_REASON(ERR_peek_last_error()) != X509_R_KEY_VALUES_MISMATCH)
 		{
 			appendStringInfo(err, "could not load the client key \"%s\" (entity_cache.redis_tls_key_file): %s",
 							 s->key_file, ssl_reason(ERR_peek_last_error(), "unreadable"));
 			return false;
 		}
-		if (SSL_CTX_check_private_key(ctx) != 1)
+		if (SSL_CTX_get0_privatekey(ctx) == NULL || SSL_CTX_check_private_key(ctx) != 1)
 		{
 			appendStringInfo(err, "the client key \"%s\" does not match the certificate \"%s\"",
 							 s->key_file, s->cert_file);
