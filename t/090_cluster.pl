@@ -15,6 +15,8 @@
 #     run: after sync(), 0 lost invalidations and 0 stale keys (the cache is
 #     filled with every row's JSON before each fault; "lost" and "stale" as
 #     in EntityCacheTest::lost_and_stale)
+#   - a second cluster, TLS only (clients, bus, replication): rediss://
+#     with the CA checked, keys written and removed on every primary
 use strict;
 use warnings;
 use FindBin;
@@ -205,6 +207,28 @@ under_load('failover', 20, sub {
 	ok(wait_until(sub { my @p = cluster_primaries($c); @p == 3 && cluster_wait_ok($c, 1) }, 60),
 		'a replica replaced the killed primary');
 });
+
+# --- over TLS: rediss:// to a cluster whose nodes, bus and replication
+# all speak TLS only; the worker checks their certificate against the CA
+my $certs = make_test_certs(PostgreSQL::Test::Utils::tempdir('certs'));
+my $tc = start_redis_cluster(primaries => 3, replicas => 0,
+	tls => { cert => $certs->{server}, key => $certs->{server_key}, ca => $certs->{ca} });
+my @tprimaries = cluster_primaries($tc);
+$node->safe_psql('postgres', "ALTER SYSTEM SET entity_cache.redis_url = 'rediss://127.0.0.1:$tprimaries[0]';
+	ALTER SYSTEM SET entity_cache.redis_tls_ca_file = '$certs->{ca}';
+	ALTER SYSTEM SET entity_cache.mode = 'refresh'; SELECT pg_reload_conf()");
+ok(wait_until(sub { my $s = ec_status($node); $s->{redis_tls} eq 't' && $s->{cluster_nodes} eq '3' }),
+	'TLS: the worker serves the TLS cluster');
+$node->safe_psql('postgres', 'UPDATE app.entity SET label = label');
+ok(wait_for_sync($node), 'TLS: refresh applied');
+$rows = row_jsons($node);
+$cache = cluster_dump($tc, 'entity:metadata:*');
+is(scalar(grep { ($cache->{"entity:metadata:$_"} // '') eq $rows->{$_} } keys %$rows),
+	$ncodes, 'TLS: every key SET on the primary of its slot');
+set_mode('delete');
+$node->safe_psql('postgres', "UPDATE app.entity SET label = 't' || label");
+ok(wait_for_sync($node), 'TLS: updates applied');
+is(scalar keys %{ cluster_dump($tc, 'entity:*') }, 0, 'TLS: every key removed');
 
 note sprintf('t/090 took %.0f s', time() - $t0);
 $node->stop;

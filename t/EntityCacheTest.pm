@@ -174,7 +174,8 @@ END
 	stop_redis($_) for @redis_servers;
 }
 
-# start_redis_cluster(primaries => 3, replicas => 1): that many redis-server
+# start_redis_cluster(primaries => 3, replicas => 1, password => P,
+# extra => [...], tls => {...}): that many redis-server
 # in cluster mode on loopback ports below 55535 (a node's bus listens on
 # port + 10000), each with its own directory and nodes.conf, joined with
 # redis-cli --cluster create and waited for until every node says
@@ -194,16 +195,19 @@ sub start_redis_cluster
 		last;
 	}
 	die 'no free ports for a Redis Cluster' unless @ports;
+	# over TLS (tls => as for start_redis): TLS only, the bus and the
+	# replication too
+	my @tls = $opts{tls} ? ('--tls-cluster', 'yes', '--tls-replication', 'yes') : ();
 	my @nodes = map {
-		start_redis(port => $_, extra => [
+		start_redis(port => $_, tls => $opts{tls}, extra => [
 			'--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf',
-			'--cluster-node-timeout', $opts{node_timeout} // 2000,
+			'--cluster-node-timeout', $opts{node_timeout} // 2000, @tls,
 			@{ $opts{extra} // [] } ],
 			password => $opts{password})
 	} @ports;
 	my @auth = defined $opts{password} ? ('--no-auth-warning', '-a', $opts{password}) : ();
 	my ($out, $err) = ('', '');
-	IPC::Run::run([ 'redis-cli', @auth, '--cluster', 'create',
+	IPC::Run::run([ 'redis-cli', _cli_tls_args($nodes[0]), @auth, '--cluster', 'create',
 			(map { "127.0.0.1:$_" } @ports),
 			'--cluster-replicas', $opts{replicas} // 1, '--cluster-yes' ],
 		'>', \$out, '2>', \$err)
