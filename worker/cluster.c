@@ -4,11 +4,12 @@
  *	  Redis Cluster for the worker: the slot map, a connection per node,
  *	  and batches routed to the primaries of their keys' slots.
  *
- * The map comes from CLUSTER SLOTS of the first node that answers (the
- * seed of the URL, then every primary known).  A batch is split by node;
- * every node's pipeline is written before any reply is read, so all nodes
- * work at once and a batch costs the slowest node's round trip, not the
- * sum.  Replies are matched to commands in order, per connection:
+ * The map comes from CLUSTER SLOTS of the first node that answers: the
+ * URL's hosts (seeds) in order at first, later the primaries of the map,
+ * then the seeds.  A batch is split by node, and every node's pipeline is
+ * sent and read in one exchange that polls them all, so all nodes work at
+ * once and a batch costs the slowest node's round trip, not the sum.
+ * Replies are matched to commands in order, per connection:
  *
  *	MOVED	 the slot has a new owner: resend there, and reload the map
  *	ASK		 the slot is migrating and this key is already on the target:
@@ -90,6 +91,11 @@ publish_status(EcConn *loaded_from)
 		strlcpy(ec_shared->redis_node, ec_conn_node(loaded_from), sizeof(ec_shared->redis_node));
 		ec_shared->redis_tls = ec_conn_is_tls(loaded_from);
 	}
+	else if (!active)
+	{
+		ec_shared->redis_node[0] = '\0';
+		ec_shared->redis_tls = false;
+	}
 	ec_shared->cluster_redirections = redirections;
 	SpinLockRelease(&ec_shared->mutex);
 }
@@ -149,6 +155,31 @@ conn_ready(int i, StringInfo err)
 	if (conns[i].conn == NULL)
 		conns[i].conn = ec_redis_open_node(conns[i].host, conns[i].port, err);
 	return conns[i].conn != NULL;
+}
+
+/*
+ * Forget the connections to nodes that are no longer primaries of the map
+ * (replaced nodes, demoted primaries, old redirection targets), so that the
+ * table does not fill up over months of failovers.  Only between runs:
+ * command targets are connection indexes.
+ */
+static void
+prune_conns(void)
+{
+	int			kept = 0;
+
+	if (!active || nconns <= map->nnodes + nseeds)
+		return;
+	for (int i = 0; i < nconns; i++)
+	{
+		if (ec_cluster_find_node(map, conns[i].host, conns[i].port) < 0)
+		{
+			conn_drop(i);
+			continue;
+		}
+		conns[kept++] = conns[i];
+	}
+	nconns = kept;
 }
 
 /* Ask one node for the slot map; true once map holds a new one. */
@@ -317,9 +348,13 @@ send_round(EcRoutedCmd *cmds, int n, StringInfo err)
 	return lost;
 }
 
-/* "MOVED 3999 127.0.0.1:6381": the connection of the address, or -1. */
+/*
+ * "MOVED 3999 127.0.0.1:6381", from connection k: the connection of the
+ * address, or -1.  An empty or "?" host is one the node does not know: the
+ * node that sent the reply, as CLUSTER SLOTS means it.
+ */
 static int
-redirect_target(const char *msg)
+redirect_target(const char *msg, int k)
 {
 	const char *addr = strchr(msg, ' ');
 	const char *colon;
@@ -330,19 +365,21 @@ redirect_target(const char *msg)
 		return -1;
 	addr++;
 	colon = strrchr(addr, ':');
-	if (colon == NULL || colon == addr || colon - addr >= EC_CLUSTER_HOST_MAX)
+	if (colon == NULL || colon - addr >= EC_CLUSTER_HOST_MAX)
 		return -1;
 	port = atoi(colon + 1);
 	if (port < 1 || port > 65535)
 		return -1;
 	memcpy(host, addr, colon - addr);
 	host[colon - addr] = '\0';
+	if (host[0] == '\0' || strcmp(host, "?") == 0)
+		strlcpy(host, conns[k].host, sizeof(host));
 	return get_conn(host, port);
 }
 
 /* Act on one reply; true if it asks for a pause before the next round. */
 static bool
-take_reply(EcRoutedCmd *c, redisReply *r, StringInfo err)
+take_reply(EcRoutedCmd *c, int k, redisReply *r, StringInfo err)
 {
 	c->target = -1;
 	if (r->type != REDIS_REPLY_ERROR)
@@ -352,11 +389,12 @@ take_reply(EcRoutedCmd *c, redisReply *r, StringInfo err)
 	}
 	if (strncmp(r->str, "MOVED ", 6) == 0 || strncmp(r->str, "ASK ", 4) == 0)
 	{
-		c->target = redirect_target(r->str);
-		c->asking = (r->str[1] == 'S');
+		c->target = redirect_target(r->str, k);
 		redirections++;
 		/* a MOVED means the map is out of date; an ASK does not */
-		if (!c->asking)
+		if (r->str[1] == 'S' && c->target >= 0)
+			c->asking = true;
+		else
 			map_stale = true;
 		return false;
 	}
@@ -404,7 +442,7 @@ read_round(EcRoutedCmd *cmds, int n, StringInfo err)
 				c->target = -1;
 				continue;
 			}
-			pause |= take_reply(c, r, err);
+			pause |= take_reply(c, k, r, err);
 			freeReplyObject(r);
 		}
 		if (conns[k].nsent > 0 && ec_conn_is_broken(conn))
@@ -436,6 +474,7 @@ ec_cluster_run(EcRoutedCmd *cmds, int n, StringInfo err)
 	bool		all_done = false;
 
 	initStringInfo(&why);
+	prune_conns();
 	for (int i = 0; i < n; i++)
 	{
 		cmds[i].done = false;
@@ -570,17 +609,16 @@ ec_cluster_flush_pattern(const char *pattern, size_t len, uint64 *nkeys,
 	for (int i = 0; i < nnodes; i++)
 	{
 		char		cursor[32] = "0";
-		int			k = get_conn(nodes[i].host, nodes[i].port);
 
-		if (k < 0 || !conn_ready(k, err))
-		{
-			map_stale = true;
-			return false;
-		}
 		do
 		{
-			/* routing a page may have dropped this very connection */
-			if (!conn_ready(k, err) ||
+			/*
+			 * Look the connection up for every page: routing a page may have
+			 * dropped it, or pruned the table (connection indexes move).
+			 */
+			int			k = get_conn(nodes[i].host, nodes[i].port);
+
+			if (k < 0 || !conn_ready(k, err) ||
 				!flush_page(k, cursor, sizeof(cursor), pattern, len, nkeys, err))
 			{
 				map_stale = true;
