@@ -540,7 +540,6 @@ flush_page(int k, char *cursor, size_t cursorsize, const char *pattern,
 										ec_deadline_after(ec_redis_timeout()),
 										"Redis SCAN failed", err);
 	redisReply *keys;
-	EcRoutedCmd *cmds;
 	bool		ok;
 
 	if (reply == NULL)
@@ -563,30 +562,21 @@ flush_page(int k, char *cursor, size_t cursorsize, const char *pattern,
 	cursor[reply->element[0]->len] = '\0';
 
 	keys = reply->element[1];
-	cmds = palloc0(sizeof(EcRoutedCmd) * Max(keys->elements, 1));
 	for (size_t i = 0; i < keys->elements; i++)
 	{
-		const char **uargv = palloc(sizeof(char *) * 2);
-		size_t	   *uargvlen = palloc(sizeof(size_t) * 2);
-		redisReply *key = keys->element[i];
-
-		if (key->type != REDIS_REPLY_STRING)
+		if (keys->element[i]->type != REDIS_REPLY_STRING)
 		{
 			appendStringInfo(err, "Redis SCAN on %s:%d returned a key that is not a string",
 							 conns[k].host, conns[k].port);
 			freeReplyObject(reply);
 			return false;
 		}
-		uargv[0] = "UNLINK";
-		uargvlen[0] = 6;
-		uargv[1] = key->str;
-		uargvlen[1] = key->len;
-		cmds[i].argc = 2;
-		cmds[i].argv = uargv;
-		cmds[i].argvlen = uargvlen;
-		cmds[i].slot = ec_key_slot(key->str, key->len);
 	}
-	ok = ec_cluster_run(cmds, (int) keys->elements, err);
+	/* one UNLINK per key, each to the owner of its slot, all at once */
+	for (size_t i = 0; i < keys->elements; i++)
+		ec_cluster_append(2, (const char *[]) {"UNLINK", keys->element[i]->str},
+						  (size_t[]) {6, keys->element[i]->len});
+	ok = ec_cluster_read_replies(err);
 	if (ok)
 		*nkeys += keys->elements;
 	freeReplyObject(reply);
@@ -627,4 +617,75 @@ ec_cluster_flush_pattern(const char *pattern, size_t len, uint64 *nkeys,
 		} while (strcmp(cursor, "0") != 0);
 	}
 	return true;
+}
+
+/*
+ * The generic pipeline (ec_redis_append/ec_redis_read_replies) on a
+ * cluster: commands are copied here, then run all at once, routed by their
+ * first argument's slot.  Multi-key UNLINK and DEL are split into one
+ * command per key (their keys may live in different slots).  All or
+ * nothing: for callers that need no per-command acknowledgement.
+ */
+static MemoryContext pending_cxt = NULL;
+static List *pending = NIL;		/* of EcRoutedCmd *, in pending_cxt */
+
+static void
+pend(int argc, const char **argv, const size_t *argvlen)
+{
+	EcRoutedCmd *c = palloc0(sizeof(EcRoutedCmd));
+	char	  **v = palloc(sizeof(char *) * argc);
+	size_t	   *l = palloc(sizeof(size_t) * argc);
+
+	for (int i = 0; i < argc; i++)
+	{
+		v[i] = palloc(argvlen[i] + 1);
+		memcpy(v[i], argv[i], argvlen[i]);
+		v[i][argvlen[i]] = '\0';
+		l[i] = argvlen[i];
+	}
+	c->argc = argc;
+	c->argv = (const char **) v;
+	c->argvlen = l;
+	/* a command without a key goes to the owner of slot 0, any primary */
+	c->slot = argc > 1 ? ec_key_slot(argv[1], argvlen[1]) : 0;
+	pending = lappend(pending, c);
+}
+
+void
+ec_cluster_append(int argc, const char **argv, const size_t *argvlen)
+{
+	MemoryContext old;
+
+	if (pending_cxt == NULL)
+		pending_cxt = AllocSetContextCreate(TopMemoryContext, "entity_cache cluster pipeline",
+											ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(pending_cxt);
+	if (argc > 2 && (pg_strcasecmp(argv[0], "UNLINK") == 0 || pg_strcasecmp(argv[0], "DEL") == 0))
+	{
+		for (int i = 1; i < argc; i++)
+			pend(2, (const char *[]) {argv[0], argv[i]}, (size_t[]) {argvlen[0], argvlen[i]});
+	}
+	else
+		pend(argc, argv, argvlen);
+	MemoryContextSwitchTo(old);
+}
+
+bool
+ec_cluster_read_replies(StringInfo err)
+{
+	int			n = list_length(pending);
+	EcRoutedCmd *cmds;
+	bool		ok;
+	int			i = 0;
+	ListCell   *lc;
+
+	if (n == 0)
+		return true;
+	cmds = MemoryContextAlloc(pending_cxt, sizeof(EcRoutedCmd) * n);
+	foreach(lc, pending)
+		cmds[i++] = *(EcRoutedCmd *) lfirst(lc);
+	ok = ec_cluster_run(cmds, n, err);
+	pending = NIL;
+	MemoryContextReset(pending_cxt);
+	return ok;
 }

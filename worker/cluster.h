@@ -51,6 +51,14 @@ extern int	ec_cluster_key_slot(const char *key, size_t len);
  */
 extern bool ec_cluster_run(EcRoutedCmd *cmds, int n, StringInfo err);
 
+/*
+ * ec_redis_append/ec_redis_read_replies on a cluster: each command (each
+ * key of a multi-key UNLINK or DEL) routed by the slot of its first
+ * argument; true only when every one was acknowledged.
+ */
+extern void ec_cluster_append(int argc, const char **argv, const size_t *argvlen);
+extern bool ec_cluster_read_replies(StringInfo err);
+
 /* SCAN MATCH pattern + UNLINK on every primary; adds to *nkeys. */
 extern bool ec_cluster_flush_pattern(const char *pattern, size_t len,
 									 uint64 *nkeys, StringInfo err);

@@ -557,6 +557,11 @@ ec_redis_connect(const char *urltext, const char *password_override,
 void
 ec_redis_append(int argc, const char **argv, const size_t *argvlen)
 {
+	if (ec_cluster_active())
+	{
+		ec_cluster_append(argc, argv, argvlen);
+		return;
+	}
 	Assert(conn != NULL);
 	ec_conn_append(conn, argc, argv, argvlen);
 }
@@ -617,10 +622,16 @@ ec_redis_read_replies(StringInfo err)
 {
 	bool		ok = true;
 	bool		failover = false;
-	int			n = ec_conn_pending(conn);
-	bool		guard = cur_url.sentinel && n > 0;
-	bool		waited = guard && cur_replicas > 0;
+	int			n;
+	bool		guard;
+	bool		waited;
 
+	/* a cluster has no one connection: cluster.c routes what was appended */
+	if (ec_cluster_active())
+		return ec_cluster_read_replies(err);
+	n = ec_conn_pending(conn);
+	guard = cur_url.sentinel && n > 0;
+	waited = guard && cur_replicas > 0;
 	if (guard)
 		append_sentinel_guard();
 	if (!ec_conn_exchange(&conn, 1, ec_deadline_after(cur_timeout_ms)))
