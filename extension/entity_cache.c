@@ -228,8 +228,7 @@ define_gucs(void)
 
 	DefineCustomStringVariable("entity_cache.redis_url",
 							   "Redis server the worker sends invalidations to.",
-							   "redis://[user[:password]@]host[:port][,host[:port]...][/db], rediss:// (TLS), "
-							   "redis-sentinel://...?master=NAME, rediss-sentinel://... or unix:///path.sock[?db=N]. "
+							   "redis://, rediss:// (TLS), redis-sentinel://, rediss-sentinel:// or unix:// URL; see the README. "
 							   "Only superusers see a password in it.",
 							   &ec_redis_url,
 							   "redis://127.0.0.1:6379/0",

@@ -52,10 +52,15 @@ ok(wait_until(sub {
 	$depth = ec_status($node)->{queue_depth};
 	$depth < $nkeys - 2_000
 }, 30), 'the worker drains the backlog');
+# freeze Redis so that the drain cannot finish between the depth read and
+# the kill (a fast drain could otherwise empty the queue in between)
+kill 'STOP', $redis->{pid};
+$depth = ec_status($node)->{queue_depth};
 my $pid = worker_pid($node);
 ok($pid, "worker pid $pid");
 my $log_offset = -s $node->logfile;
 kill 'KILL', $pid;
+kill 'CONT', $redis->{pid};
 note "killed the worker with $depth rows still queued";
 cmp_ok($depth, '>', 5_000, "killed in the middle of the drain ($depth rows left)");
 

@@ -9,14 +9,17 @@
  * One process may hold connections to several Redis nodes at once and
  * pipeline to all of them in parallel:
  *
- *		EcConn *a = ec_conn_open(&target_a, timeout_ms, err);
- *		EcConn *b = ec_conn_open(&target_b, timeout_ms, err);
+ *		EcConn *a = ec_conn_open(&target_a, ec_deadline_after(timeout_ms), err);
+ *		EcConn *b = ec_conn_open(&target_b, ec_deadline_after(timeout_ms), err);
  *		ec_conn_append(a, argc, argv, argvlen);		-- any number, any conn
  *		ec_conn_append(b, argc, argv, argvlen);
  *		EcConn *set[2] = {a, b};
  *		ec_conn_exchange(set, 2, ec_deadline_after(timeout_ms));
  *		while ((reply = ec_conn_take_reply(a)) != NULL) ... freeReplyObject(reply);
  *		while ((reply = ec_conn_take_reply(b)) != NULL) ... freeReplyObject(reply);
+ *
+ * (ec_redis_open_node() in redis_client.h opens a node and authenticates
+ * it with the worker's URL credentials, TLS settings and timeout.)
  *
  * ec_conn_exchange() polls every connection of the set at once: it writes
  * each one's output buffer and reads until each has the replies of all
