@@ -14,7 +14,8 @@
 typedef enum EcDrainResult
 {
 	EC_DRAIN_OK,				/* *napplied rows applied and removed */
-	EC_DRAIN_ERROR,				/* nothing removed; err says why */
+	EC_DRAIN_ERROR,				/* err says why; *napplied rows were removed
+								 * anyway (a cluster's nodes that answered) */
 	EC_DRAIN_NOT_INSTALLED		/* no entity_cache.queue in this database */
 } EcDrainResult;
 

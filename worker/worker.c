@@ -263,6 +263,13 @@ entity_cache_worker_main(Datum main_arg)
 		}
 		if (res == EC_DRAIN_ERROR)
 		{
+			/* on a cluster, the rows of the nodes that answered went through */
+			if (napplied > 0)
+			{
+				SpinLockAcquire(&ec_shared->mutex);
+				ec_shared->applied_total += napplied;
+				SpinLockRelease(&ec_shared->mutex);
+			}
 			backoff = fail_and_back_off(err.data, backoff);
 			continue;
 		}
