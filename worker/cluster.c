@@ -83,6 +83,9 @@ publish_status(EcConn *loaded_from)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
+	/* a backend with a cluster connection of its own is not the worker */
+	if (ec_shared == NULL || ec_shared->worker_pid != MyProcPid)
+		return;
 	SpinLockAcquire(&ec_shared->mutex);
 	ec_shared->cluster_nodes = active ? map->nnodes : 0;
 	if (loaded_from)
@@ -377,17 +380,26 @@ redirect_target(const char *msg, int k)
 	return get_conn(host, port);
 }
 
-/* Act on one reply; true if it asks for a pause before the next round. */
+/*
+ * Act on one reply, which it frees (or hands to the command, when it asked
+ * to keep it); true if it asks for a pause before the next round.
+ */
 static bool
 take_reply(EcRoutedCmd *c, int k, redisReply *r, StringInfo err)
 {
+	bool		pause = false;
+
 	c->target = -1;
 	if (r->type != REDIS_REPLY_ERROR)
 	{
 		c->done = true;
-		return false;
+		if (c->keep_reply)
+		{
+			c->reply = r;
+			return false;
+		}
 	}
-	if (strncmp(r->str, "MOVED ", 6) == 0 || strncmp(r->str, "ASK ", 4) == 0)
+	else if (strncmp(r->str, "MOVED ", 6) == 0 || strncmp(r->str, "ASK ", 4) == 0)
 	{
 		c->target = redirect_target(r->str, k);
 		redirections++;
@@ -396,15 +408,19 @@ take_reply(EcRoutedCmd *c, int k, redisReply *r, StringInfo err)
 			c->asking = true;
 		else
 			map_stale = true;
-		return false;
 	}
-	resetStringInfo(err);
-	appendStringInfo(err, "Redis Cluster replied with an error: %s", r->str);
-	if (strncmp(r->str, "TRYAGAIN", 8) == 0 || strncmp(r->str, "CLUSTERDOWN", 11) == 0 ||
-		strncmp(r->str, "LOADING", 7) == 0 || strncmp(r->str, "MASTERDOWN", 10) == 0)
-		return true;
-	c->failed = true;
-	return false;
+	else
+	{
+		resetStringInfo(err);
+		appendStringInfo(err, "Redis Cluster replied with an error: %s", r->str);
+		if (strncmp(r->str, "TRYAGAIN", 8) == 0 || strncmp(r->str, "CLUSTERDOWN", 11) == 0 ||
+			strncmp(r->str, "LOADING", 7) == 0 || strncmp(r->str, "MASTERDOWN", 10) == 0)
+			pause = true;
+		else
+			c->failed = true;
+	}
+	freeReplyObject(r);
+	return pause;
 }
 
 /*
@@ -443,7 +459,6 @@ read_round(EcRoutedCmd *cmds, int n, StringInfo err)
 				continue;
 			}
 			pause |= take_reply(c, k, r, err);
-			freeReplyObject(r);
 		}
 		if (conns[k].nsent > 0 && ec_conn_is_broken(conn))
 		{
@@ -482,6 +497,7 @@ ec_cluster_run(EcRoutedCmd *cmds, int n, StringInfo err)
 		cmds[i].asking = false;
 		cmds[i].target = -1;
 		cmds[i].sent_on = -1;
+		cmds[i].reply = NULL;
 	}
 	for (int round = 0; round < MAX_ROUNDS; round++)
 	{
@@ -526,13 +542,12 @@ ec_cluster_run(EcRoutedCmd *cmds, int n, StringInfo err)
 }
 
 /*
- * One SCAN page of a node: the keys matching pattern are UNLINKed, each
- * routed to the owner of its slot (during a migration the node scanned may
- * no longer own it).  Advances cursor; false with err set on failure.
+ * One SCAN page of node k: fn gets the keys matching pattern.  Advances
+ * cursor; false with err set on failure.
  */
 static bool
-flush_page(int k, char *cursor, size_t cursorsize, const char *pattern,
-		   size_t len, uint64 *nkeys, StringInfo err)
+scan_page(int k, char *cursor, size_t cursorsize, const char *pattern,
+		  size_t len, EcClusterKeysFn fn, void *arg, StringInfo err)
 {
 	const char *argv[6] = {"SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT};
 	size_t		argvlen[6] = {4, strlen(cursor), 5, len, 5, strlen(SCAN_COUNT)};
@@ -540,6 +555,8 @@ flush_page(int k, char *cursor, size_t cursorsize, const char *pattern,
 										ec_deadline_after(ec_redis_timeout()),
 										"Redis SCAN failed", err);
 	redisReply *keys;
+	const char **kv;
+	size_t	   *kl;
 	bool		ok;
 
 	if (reply == NULL)
@@ -562,6 +579,8 @@ flush_page(int k, char *cursor, size_t cursorsize, const char *pattern,
 	cursor[reply->element[0]->len] = '\0';
 
 	keys = reply->element[1];
+	kv = palloc(sizeof(char *) * Max(keys->elements, 1));
+	kl = palloc(sizeof(size_t) * Max(keys->elements, 1));
 	for (size_t i = 0; i < keys->elements; i++)
 	{
 		if (keys->element[i]->type != REDIS_REPLY_STRING)
@@ -571,28 +590,26 @@ flush_page(int k, char *cursor, size_t cursorsize, const char *pattern,
 			freeReplyObject(reply);
 			return false;
 		}
+		kv[i] = keys->element[i]->str;
+		kl[i] = keys->element[i]->len;
 	}
-	/* one UNLINK per key, each to the owner of its slot, all at once */
-	for (size_t i = 0; i < keys->elements; i++)
-		ec_cluster_append(2, (const char *[]) {"UNLINK", keys->element[i]->str},
-						  (size_t[]) {6, keys->element[i]->len});
-	ok = ec_cluster_read_replies(err);
-	if (ok)
-		*nkeys += keys->elements;
+	ok = keys->elements == 0 || fn(arg, (int) keys->elements, kv, kl, err);
+	pfree(kv);
+	pfree(kl);
 	freeReplyObject(reply);
 	return ok;
 }
 
 bool
-ec_cluster_flush_pattern(const char *pattern, size_t len, uint64 *nkeys,
-						 StringInfo err)
+ec_cluster_scan(const char *pattern, size_t len, EcClusterKeysFn fn, void *arg,
+				StringInfo err)
 {
 	EcClusterNode *nodes;
 	int			nnodes;
 
 	if (map_stale && !refresh_map(err))
 		return false;
-	/* the map may be reloaded while we flush: walk the nodes it had */
+	/* the map may be reloaded while we scan: walk the nodes it had */
 	nnodes = map->nnodes;
 	nodes = palloc(sizeof(EcClusterNode) * nnodes);
 	memcpy(nodes, map->nodes, sizeof(EcClusterNode) * nnodes);
@@ -603,13 +620,13 @@ ec_cluster_flush_pattern(const char *pattern, size_t len, uint64 *nkeys,
 		do
 		{
 			/*
-			 * Look the connection up for every page: routing a page may have
+			 * Look the connection up for every page: what fn sends may have
 			 * dropped it, or pruned the table (connection indexes move).
 			 */
 			int			k = get_conn(nodes[i].host, nodes[i].port);
 
 			if (k < 0 || !conn_ready(k, err) ||
-				!flush_page(k, cursor, sizeof(cursor), pattern, len, nkeys, err))
+				!scan_page(k, cursor, sizeof(cursor), pattern, len, fn, arg, err))
 			{
 				map_stale = true;
 				return false;
@@ -617,6 +634,26 @@ ec_cluster_flush_pattern(const char *pattern, size_t len, uint64 *nkeys,
 		} while (strcmp(cursor, "0") != 0);
 	}
 	return true;
+}
+
+/* A page of keys to flush: one UNLINK per key, each to its slot's owner. */
+static bool
+unlink_keys(void *arg, int n, const char *const *keys, const size_t *lens,
+			StringInfo err)
+{
+	for (int i = 0; i < n; i++)
+		ec_cluster_append(2, (const char *[]) {"UNLINK", keys[i]}, (size_t[]) {6, lens[i]});
+	if (!ec_cluster_read_replies(err))
+		return false;
+	*(uint64 *) arg += n;
+	return true;
+}
+
+bool
+ec_cluster_flush_pattern(const char *pattern, size_t len, uint64 *nkeys,
+						 StringInfo err)
+{
+	return ec_cluster_scan(pattern, len, unlink_keys, nkeys, err);
 }
 
 /*

@@ -11,10 +11,14 @@
 
 #include "lib/stringinfo.h"
 
+struct redisReply;
+
 /*
  * One command for the node that owns slot.  The caller fills argc, argv,
- * argvlen and slot (every key of the command must be in that slot);
- * ec_cluster_run() sets done once that node acknowledged it.
+ * argvlen and slot (every key of the command must be in that slot), and
+ * keep_reply to get the owner's reply (e.g. of a GET) in reply, to free
+ * with freeReplyObject; ec_cluster_run() sets done once that node
+ * acknowledged it.
  */
 typedef struct EcRoutedCmd
 {
@@ -22,7 +26,9 @@ typedef struct EcRoutedCmd
 	const char **argv;
 	const size_t *argvlen;
 	int			slot;
+	bool		keep_reply;
 	bool		done;
+	struct redisReply *reply;	/* with keep_reply, once done */
 	/* private to cluster.c */
 	int			target;			/* connection of a redirection, or -1 */
 	bool		asking;			/* send ASKING first (an ASK redirection) */
@@ -58,6 +64,15 @@ extern bool ec_cluster_run(EcRoutedCmd *cmds, int n, StringInfo err);
  */
 extern void ec_cluster_append(int argc, const char **argv, const size_t *argvlen);
 extern bool ec_cluster_read_replies(StringInfo err);
+
+/*
+ * SCAN MATCH pattern on every primary: fn gets each page's keys (they live
+ * until it returns); false with err set stops the scan.
+ */
+typedef bool (*EcClusterKeysFn) (void *arg, int n, const char *const *keys,
+								 const size_t *lens, StringInfo err);
+extern bool ec_cluster_scan(const char *pattern, size_t len, EcClusterKeysFn fn,
+							void *arg, StringInfo err);
 
 /* SCAN MATCH pattern + UNLINK on every primary; adds to *nkeys. */
 extern bool ec_cluster_flush_pattern(const char *pattern, size_t len,
