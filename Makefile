@@ -17,7 +17,9 @@ OBJS = \
 	worker/redis_client.o \
 	worker/transport.o \
 	worker/transport_tls.o \
-	worker/redis_url.o
+	worker/redis_url.o \
+	worker/cluster.o \
+	worker/cluster_slots.o
 
 EXTENSION = entity_cache
 # The install script of each version after 1.0 is built from 1.0's and the

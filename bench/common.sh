@@ -15,6 +15,8 @@ BENCH_DIR=
 PGPORT_B=
 REDIS_PORT=
 REDIS_PID=
+CLUSTER_PORTS=()	# start_redis_cluster: the primaries of a Redis Cluster
+CLUSTER_PIDS=()
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -45,12 +47,12 @@ bench_cleanup() {
 		if [ -f "$BENCH_DIR/pgdata/postmaster.pid" ]; then
 			as_user pg_ctl -D "$BENCH_DIR/pgdata" -m immediate -w stop >/dev/null 2>&1 || true
 		fi
-		if [ -n "$REDIS_PID" ]; then
-			kill -CONT "$REDIS_PID" 2>/dev/null || true
-			kill -TERM "$REDIS_PID" 2>/dev/null || true
-			for _ in $(seq 50); do kill -0 "$REDIS_PID" 2>/dev/null || break; sleep 0.1; done
-			kill -KILL "$REDIS_PID" 2>/dev/null || true
-		fi
+		for pid in $REDIS_PID "${CLUSTER_PIDS[@]}"; do
+			kill -CONT "$pid" 2>/dev/null || true
+			kill -TERM "$pid" 2>/dev/null || true
+			for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+			kill -KILL "$pid" 2>/dev/null || true
+		done
 		if [ -n "${BENCH_KEEP:-}" ]; then
 			log "BENCH_KEEP set: leaving $BENCH_DIR"
 		else
@@ -136,4 +138,62 @@ show_settings() {
 machine_line() {
 	echo "machine: $(nproc) cpu ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "versions: $(as_user postgres --version), $(redis-server --version | cut -d' ' -f1-3), entity_cache.so installed $(date -u -r "$(pg_config --pkglibdir)/entity_cache.so" '+%F %T UTC'), tree at commit $(git -C "$bench_here" rev-parse --short HEAD 2>/dev/null || echo '?')"
+}
+
+# start_redis_cluster N: a Redis Cluster of N primaries (no replicas), each
+# a redis-server without persistence in $BENCH_DIR/cluster.<port>, on
+# loopback ports below 55535 (the cluster bus is port + 10000); joined with
+# redis-cli --cluster create and waited for until cluster_state:ok.  Sets
+# CLUSTER_PORTS and CLUSTER_PIDS (stopped by bench_cleanup).
+start_redis_cluster() {
+	local n=$1 port base i
+	base=$(python3 - "$n" <<'PY'
+import random, socket, sys
+n = int(sys.argv[1])
+def free(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+for _ in range(200):
+    b = random.randrange(20000, 45000)
+    if all(free(b + i) and free(b + i + 10000) for i in range(n)):
+        print(b)
+        break
+PY
+)
+	[ -n "$base" ] || die "no free ports for a Redis Cluster"
+	for i in $(seq 0 $((n - 1))); do
+		port=$((base + i))
+		mkdir -p "$BENCH_DIR/cluster.$port"
+		[ "$(id -u)" -eq 0 ] && chown "$EC_USER" "$BENCH_DIR/cluster.$port"
+		as_user redis-server --port "$port" --bind 127.0.0.1 --dir "$BENCH_DIR/cluster.$port" \
+			--daemonize yes --pidfile "$BENCH_DIR/cluster.$port/redis.pid" \
+			--logfile "$BENCH_DIR/cluster.$port/redis.log" --save '' --appendonly no \
+			--cluster-enabled yes --cluster-config-file nodes.conf >/dev/null
+		for _ in $(seq 100); do
+			[ -s "$BENCH_DIR/cluster.$port/redis.pid" ] &&
+				[ "$(redis-cli -p "$port" PING 2>/dev/null)" = PONG ] && break
+			sleep 0.05
+		done
+		CLUSTER_PORTS+=("$port")
+		CLUSTER_PIDS+=("$(cat "$BENCH_DIR/cluster.$port/redis.pid")")
+	done
+	redis-cli --cluster create $(printf '127.0.0.1:%s ' "${CLUSTER_PORTS[@]}") \
+		--cluster-replicas 0 --cluster-yes >"$BENCH_DIR/cluster-create.log" 2>&1 ||
+		{ cat "$BENCH_DIR/cluster-create.log" >&2; die "redis-cli --cluster create failed"; }
+	for _ in $(seq 300); do
+		local ok=1
+		for port in "${CLUSTER_PORTS[@]}"; do
+			redis-cli -p "$port" CLUSTER INFO | grep -q cluster_state:ok || ok=0
+		done
+		[ $ok = 1 ] && break
+		sleep 0.1
+	done
+	[ $ok = 1 ] || die "the Redis Cluster did not reach cluster_state:ok"
+	log "Redis Cluster of $n primaries on 127.0.0.1:${CLUSTER_PORTS[*]}"
 }

@@ -546,8 +546,35 @@ entity_cache_sync(PG_FUNCTION_ARGS)
 #define EC_STATUS_REFRESH_FAILED 13
 #define EC_STATUS_NOTIFY_SKIPPED 12
 #define EC_STATUS_REDELETE_PENDING 14
+#define EC_STATUS_CLUSTER_NODES 15
 #define EC_STATUS_REDIS_NODE 10
 #define EC_STATUS_REDIS_TLS 11
+
+/*
+ * The cluster columns of status: NULL unless the worker serves a Redis
+ * Cluster (worker/cluster.c fills them).
+ */
+static void
+status_cluster(Datum *values, bool *nulls)
+{
+	int			nodes;
+	TimestampTz loaded_at;
+	uint64		redirections;
+
+	SpinLockAcquire(&ec_shared->mutex);
+	nodes = ec_shared->cluster_nodes;
+	loaded_at = ec_shared->cluster_slots_loaded_at;
+	redirections = ec_shared->cluster_redirections;
+	SpinLockRelease(&ec_shared->mutex);
+	if (nodes == 0)
+		return;
+	values[EC_STATUS_CLUSTER_NODES] = Int32GetDatum(nodes);
+	nulls[EC_STATUS_CLUSTER_NODES] = false;
+	values[EC_STATUS_CLUSTER_NODES + 1] = TimestampTzGetDatum(loaded_at);
+	nulls[EC_STATUS_CLUSTER_NODES + 1] = false;
+	values[EC_STATUS_CLUSTER_NODES + 2] = Int64GetDatum((int64) redirections);
+	nulls[EC_STATUS_CLUSTER_NODES + 2] = false;
+}
 
 /* _status(): the row behind the entity_cache.status view. */
 Datum
@@ -639,6 +666,8 @@ entity_cache_status(PG_FUNCTION_ARGS)
 			values[7] = TimestampTzGetDatum(err_at);
 			nulls[7] = false;
 		}
+		if (pid != 0)
+			status_cluster(values, nulls);
 	}
 
 	SPI_connect();

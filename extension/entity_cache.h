@@ -94,6 +94,10 @@ typedef struct EcShared
 	bool		redis_tls;		/* that connection is TLS */
 	ConditionVariable applied_cv;	/* broadcast after each applied batch */
 	uint64		redelete_pending;	/* keys waiting to be applied again */
+	/* Redis Cluster (worker/cluster.c); cluster_nodes 0: not a cluster */
+	int			cluster_nodes;	/* primaries in the slot map */
+	TimestampTz cluster_slots_loaded_at;
+	uint64		cluster_redirections;	/* MOVED and ASK followed */
 } EcShared;
 
 extern EcShared *ec_shared;		/* NULL unless preloaded */

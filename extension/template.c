@@ -3,9 +3,15 @@
  * template.c
  *	  Parse key templates and turn them into Redis MATCH patterns.
  *
- * Grammar: literal text and "{column}" placeholders.  There is no escape
- * for a literal brace: a stray '{' or '}' is far more likely a typo than a
- * wish, so both are errors, reported with their offset.
+ * Grammar: literal text and "{column}" placeholders; "{{" and "}}" stand
+ * for one literal '{' and '}' (Redis Cluster hash tags need them:
+ * 'entity:{{{code}}}:meta' renders 'entity:{e1}:meta').  A single stray
+ * '}' is far more likely a typo than a wish, so it is an error, reported
+ * with its offset.
+ *
+ * A doubled brace ends the literal part just after its first brace and the
+ * next literal starts after the second: parts stay (offset, len) slices of
+ * the template, so whoever copies a literal part copies one brace.
  *
  *-------------------------------------------------------------------------
  */
@@ -25,6 +31,45 @@ add_part(EcTemplate *out, size_t offset, size_t len, bool is_column)
 	if (is_column)
 		out->ncolumns++;
 	return true;
+}
+
+/*
+ * The placeholder opened by the '{' at tmpl[open]: *close is set to its
+ * '}'.  Returns NULL, or a message with *errpos set.
+ */
+static const char *
+scan_placeholder(const char *tmpl, size_t len, size_t open, size_t *close,
+				 size_t *errpos)
+{
+	size_t		j = open + 1;
+
+	while (j < len && tmpl[j] != '}')
+	{
+		/* a NUL would cut the column name short where it is used */
+		if (tmpl[j] == '\0')
+		{
+			*errpos = j;
+			return "key template contains a NUL byte";
+		}
+		if (tmpl[j] == '{')
+		{
+			*errpos = j;
+			return "'{' inside a placeholder";
+		}
+		j++;
+	}
+	if (j >= len)
+	{
+		*errpos = open;
+		return "unterminated placeholder: '{' without a closing '}'";
+	}
+	if (j == open + 1)
+	{
+		*errpos = open;
+		return "empty placeholder \"{}\": put a column name between the braces";
+	}
+	*close = j;
+	return NULL;
 }
 
 const char *
@@ -49,41 +94,31 @@ ec_template_parse(const char *tmpl, size_t len, EcTemplate *out, size_t *errpos)
 			*errpos = i;
 			return "key template contains a NUL byte";
 		}
+		if ((c == '{' || c == '}') && i + 1 < len && tmpl[i + 1] == c)
+		{
+			/* a literal brace: keep the first, skip the second */
+			if (!add_part(out, lit_start, i + 1 - lit_start, false))
+			{
+				*errpos = i;
+				return "key template has too many parts";
+			}
+			i += 2;
+			lit_start = i;
+			continue;
+		}
 		if (c == '}')
 		{
 			*errpos = i;
-			return "'}' without a matching '{'";
+			return "'}' without a matching '{' (write '}}' for a literal '}')";
 		}
 		if (c == '{')
 		{
 			size_t		start = i + 1;
-			size_t		j = start;
+			size_t		j;
+			const char *err = scan_placeholder(tmpl, len, i, &j, errpos);
 
-			while (j < len && tmpl[j] != '}')
-			{
-				/* a NUL would cut the column name short where it is used */
-				if (tmpl[j] == '\0')
-				{
-					*errpos = j;
-					return "key template contains a NUL byte";
-				}
-				if (tmpl[j] == '{')
-				{
-					*errpos = j;
-					return "'{' inside a placeholder";
-				}
-				j++;
-			}
-			if (j >= len)
-			{
-				*errpos = i;
-				return "unterminated placeholder: '{' without a closing '}'";
-			}
-			if (j == start)
-			{
-				*errpos = i;
-				return "empty placeholder \"{}\": put a column name between the braces";
-			}
+			if (err)
+				return err;
 			if (i > lit_start && !add_part(out, lit_start, i - lit_start, false))
 			{
 				*errpos = i;

@@ -17,6 +17,11 @@
 
 #define EC_TEMPLATE_MAX_PARTS 64
 
+/*
+ * A literal part is a slice of the template copied as it is; a literal
+ * brace ("{{" or "}}") is the last byte of its part, and the second brace
+ * of the pair is skipped (it belongs to no part).
+ */
 typedef struct EcTemplatePart
 {
 	size_t		offset;			/* into the template text */

@@ -5,8 +5,9 @@
  *
  * Key templates come from entity_cache.watch() and are parsed again by the
  * worker for every flush, so this target checks both halves: the parse
- * describes the input exactly (parts in order, no gaps, no overlap, every
- * byte accounted for), and the MATCH pattern fits in exactly
+ * describes the input exactly (parts in order, no overlap, every byte
+ * accounted for: the only gap is the second brace of a literal "{{" or
+ * "}}"), and the MATCH pattern fits in exactly
  * ec_template_glob_size() bytes -- the buffer is allocated at that size so
  * ASan flags a one-byte overflow -- with every glob character escaped
  * except the '*' that stands for a placeholder.
@@ -33,7 +34,8 @@ glob_char(char c)
 
 /*
  * Check the parts against the input: they must tile it from the first to
- * the last byte, each column part sitting between its own '{' and '}'.
+ * the last byte, each column part sitting between its own '{' and '}', and
+ * the only bytes left out being the second brace of each "{{" or "}}".
  */
 static void
 check_parts(const char *tmpl, size_t len, const EcTemplate *t)
@@ -46,6 +48,7 @@ check_parts(const char *tmpl, size_t len, const EcTemplate *t)
 	for (int i = 0; i < t->nparts; i++)
 	{
 		const EcTemplatePart *p = &t->parts[i];
+		size_t		end;
 
 		CHECK(p->len > 0);
 		if (p->is_column)
@@ -56,22 +59,31 @@ check_parts(const char *tmpl, size_t len, const EcTemplate *t)
 			CHECK(p->offset + p->len < len);
 			CHECK(tmpl[p->offset + p->len] == '}');
 			pos = p->offset + p->len + 1;
-		}
-		else
-		{
-			CHECK(p->offset == pos);
-			CHECK(p->offset + p->len <= len);
-			/* two literals in a row would mean the parser split text */
-			CHECK(i == 0 || t->parts[i - 1].is_column);
-			pos = p->offset + p->len;
+			/* a column name holds no brace and no NUL */
+			for (size_t k = p->offset; k < p->offset + p->len; k++)
+				CHECK(tmpl[k] != '{' && tmpl[k] != '}' && tmpl[k] != '\0');
+			continue;
 		}
 
-		/*
-		 * No part holds a brace (a stray one is an error) or a NUL (the
-		 * parser rejects those too: column names are used as C strings).
-		 */
-		for (size_t k = p->offset; k < p->offset + p->len; k++)
+		CHECK(p->offset == pos);
+		end = p->offset + p->len;
+		CHECK(end <= len);
+		pos = end;
+		/* a literal brace ends its part and its twin follows, skipped */
+		if (tmpl[end - 1] == '{' || tmpl[end - 1] == '}')
+		{
+			CHECK(end < len && tmpl[end] == tmpl[end - 1]);
+			pos = end + 1;
+		}
+		else
+			/* two literals in a row only after a literal brace */
+			CHECK(i == 0 || t->parts[i - 1].is_column ||
+				  tmpl[t->parts[i - 1].offset + t->parts[i - 1].len - 1] == '{' ||
+				  tmpl[t->parts[i - 1].offset + t->parts[i - 1].len - 1] == '}');
+		/* no other brace, no NUL (column names are used as C strings) */
+		for (size_t k = p->offset; k + 1 < end; k++)
 			CHECK(tmpl[k] != '{' && tmpl[k] != '}' && tmpl[k] != '\0');
+		CHECK(tmpl[end - 1] != '\0');
 	}
 	CHECK(pos == len);
 	CHECK(ncolumns == t->ncolumns);

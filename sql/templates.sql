@@ -43,6 +43,21 @@ TRUNCATE app.globby;
 SELECT * FROM queued;
 SELECT count(*) FROM take_queue();
 
+-- literal braces for Redis Cluster hash tags: '{{' and '}}' are one '{'
+-- and '}'; the flush pattern keeps them literal too
+CREATE TABLE app.tagged (id int, org text);
+SELECT entity_cache.watch('app.tagged', 'ent:{{{org}}}:{id}');
+SELECT entity_cache.watch('app.tagged', '{{{{x}}}}:{{id}}');
+SELECT entity_cache.watch('app.tagged', 'ent:{{org}');
+SELECT entity_cache.watch('app.tagged', 'ent:{org}}');
+INSERT INTO app.tagged VALUES (1, 'acme');
+SELECT op, key, vals FROM queued;
+SELECT count(*) FROM take_queue();
+TRUNCATE app.tagged;
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+SELECT entity_cache.unwatch('app.tagged');
+
 -- a column renamed after watch: writes still succeed, with a warning, and
 -- the whole pattern is flushed instead
 ALTER TABLE app.globby RENAME COLUMN id TO ident;

@@ -16,7 +16,9 @@ use Test::More;
 our @EXPORT = qw(start_redis restart_redis redis_cli stop_redis new_node
   create_entity_schema wait_for_sync wait_until redis_fill redis_count
   ec_status worker_pid redis_exist_count worker_count new_standby
-  wait_for_worker never_within make_test_certs redis_url);
+  wait_for_worker never_within make_test_certs redis_url
+  start_redis_cluster cluster_cli cluster_primaries cluster_wait_ok
+  cluster_dump row_jsons lost_and_stale start_update_load finish_update_load);
 
 # What the last status, query or redis-cli call of a wait saw: wait_until
 # prints it when it gives up, as poll_query_until prints the last output.
@@ -175,6 +177,164 @@ sub stop_redis
 END
 {
 	stop_redis($_) for @redis_servers;
+}
+
+# start_redis_cluster(primaries => 3, replicas => 1, password => P,
+# extra => [...], tls => {...}): that many redis-server
+# in cluster mode on loopback ports below 55535 (a node's bus listens on
+# port + 10000), each with its own directory and nodes.conf, joined with
+# redis-cli --cluster create and waited for until every node says
+# cluster_state:ok.  Returns { nodes => [ redis handles ], seed => first }.
+sub start_redis_cluster
+{
+	my (%opts) = @_;
+	my $n = ($opts{primaries} // 3) * (1 + ($opts{replicas} // 1));
+	my @ports;
+	for my $try (1 .. 200)
+	{
+		my $base = 20000 + int(rand(25000));
+		my @cand = map { $base + $_ } 0 .. $n - 1;
+		next if grep { !PostgreSQL::Test::Cluster::can_bind('127.0.0.1', $_)
+			  || !PostgreSQL::Test::Cluster::can_bind('127.0.0.1', $_ + 10000) } @cand;
+		@ports = @cand;
+		last;
+	}
+	die 'no free ports for a Redis Cluster' unless @ports;
+	# over TLS (tls => as for start_redis): TLS only, the bus and the
+	# replication too
+	my @tls = $opts{tls} ? ('--tls-cluster', 'yes', '--tls-replication', 'yes') : ();
+	my @nodes = map {
+		start_redis(port => $_, tls => $opts{tls}, extra => [
+			'--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf',
+			'--cluster-node-timeout', $opts{node_timeout} // 2000, @tls,
+			@{ $opts{extra} // [] } ],
+			password => $opts{password})
+	} @ports;
+	my @auth = defined $opts{password} ? ('--no-auth-warning', '-a', $opts{password}) : ();
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ 'redis-cli', _cli_tls_args($nodes[0]), @auth, '--cluster', 'create',
+			(map { "127.0.0.1:$_" } @ports),
+			'--cluster-replicas', $opts{replicas} // 1, '--cluster-yes' ],
+		'>', \$out, '2>', \$err)
+	  or die "redis-cli --cluster create failed: $out $err";
+	my $c = { nodes => \@nodes, seed => $nodes[0], password => $opts{password} };
+	cluster_wait_ok($c) or die 'the Redis Cluster did not reach cluster_state:ok';
+	return $c;
+}
+
+# redis-cli -c (follows redirections) against the seed, or node $r
+sub cluster_cli
+{
+	my ($c, @args) = @_;
+	return redis_cli($c->{seed}, '-c', @args);
+}
+
+# every live node says cluster_state:ok and all agree on the primaries
+sub cluster_wait_ok
+{
+	my ($c, $timeout) = @_;
+	return wait_until(sub {
+		my @live = grep { $_->{pid} } @{ $c->{nodes} };
+		for my $r (@live)
+		{
+			return 0 unless redis_cli($r, 'CLUSTER', 'INFO') =~ /cluster_state:ok/;
+		}
+		my %views = map { join(',', cluster_primaries($c, $_)) => 1 } @live;
+		return keys %views == 1;
+	}, $timeout // 60);
+}
+
+# ports of the primaries that own slots, as node $r (default: any live) sees them
+sub cluster_primaries
+{
+	my ($c, $r) = @_;
+	$r //= (grep { $_->{pid} } @{ $c->{nodes} })[0];
+	my @p;
+	for my $line (split /\n/, redis_cli($r, 'CLUSTER', 'NODES'))
+	{
+		my @f = split ' ', $line;
+		next unless @f >= 9 && $f[2] =~ /master/ && $f[2] !~ /fail/;
+		push @p, $1 if $f[1] =~ /:(\d+)@/;
+	}
+	return sort { $a <=> $b } @p;
+}
+
+# { key => value } of every key matching $glob on every primary
+sub cluster_dump
+{
+	my ($c, $glob) = @_;
+	my %h;
+	for my $port (cluster_primaries($c))
+	{
+		my ($r) = grep { $_->{port} == $port } @{ $c->{nodes} };
+		my @kv = split /\n/, redis_cli($r, 'EVAL',
+			"local o = {} for _, k in ipairs(redis.call('KEYS', ARGV[1])) do "
+			  . "o[#o + 1] = k o[#o + 1] = redis.call('GET', k) end return o",
+			'0', $glob);
+		while (@kv >= 2)
+		{
+			my ($k, $v) = splice @kv, 0, 2;
+			$h{$k} = $v;
+		}
+	}
+	return \%h;
+}
+
+# { code => row_to_json(e)::text } of app.entity
+sub row_jsons
+{
+	my ($node) = @_;
+	my %h = map { split /\x1f/, $_, 2 } split /\n/, $node->safe_psql('postgres',
+		'SELECT code, row_to_json(e)::text FROM app.entity e',
+		extra_params => [ '-F', "\x1f" ]);
+	return \%h;
+}
+
+# lost_and_stale($before, $rows, $cache, $prefix): with the cache filled
+# with $before (code => value) before a load, $rows the table after it and
+# $cache the keys after sync():
+#   lost   codes written during the load whose key still holds the value
+#          from before (a committed write whose invalidation never came)
+#   stale  keys whose value is not the row's current JSON
+sub lost_and_stale
+{
+	my ($before, $rows, $cache, $prefix) = @_;
+	my ($lost, $stale) = (0, 0);
+	for my $code (keys %$rows)
+	{
+		my $v = $cache->{"$prefix$code"};
+		next unless defined $v;
+		$stale++ if $v ne $rows->{$code};
+		$lost++ if defined $before->{$code} && $rows->{$code} ne $before->{$code}
+		  && $v eq $before->{$code};
+	}
+	return ($lost, $stale);
+}
+
+# A write load in the background: pgbench, $rate single-row UPDATEs per
+# second of app.entity codes c1 .. c$ncodes for $seconds.  finish_update_load
+# waits for it and returns the number of transactions processed.
+sub start_update_load
+{
+	my ($node, $ncodes, $rate, $seconds) = @_;
+	my $script = "$PostgreSQL::Test::Utils::tmp_check/update_load.sql";
+	open my $fh, '>', $script or die "$script: $!";
+	print $fh "\\set id random(1, $ncodes)\n"
+	  . "UPDATE app.entity SET label = 'w' || :id || '-' || md5(random()::text), "
+	  . "modified_ts = clock_timestamp() WHERE code = 'c' || :id;\n";
+	close $fh;
+	my $out = '';
+	my $h = IPC::Run::start([ 'pgbench', '-n', '-h', $node->host, '-p', $node->port,
+			'-c', '2', '-j', '1', '-R', $rate, '-T', $seconds, '-f', $script, 'postgres' ],
+		'>', \$out, '2>&1');
+	return { h => $h, out => \$out };
+}
+
+sub finish_update_load
+{
+	my ($load) = @_;
+	$load->{h}->finish;
+	return ${ $load->{out} } =~ /number of transactions actually processed: (\d+)/ ? $1 : 0;
 }
 
 # make_test_certs($dir): certificates for the TLS suites, made with the

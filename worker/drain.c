@@ -43,6 +43,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "cluster.h"
 #include "keys.h"
 #include "redelete.h"
 #include "redis_client.h"
@@ -131,6 +132,8 @@ fetch_rows(Relation rel, int batch_size, bool want_lookup, QueueRow **rows_out)
 		r->relid = InvalidOid;
 		r->template = NULL;
 		r->vals = (Datum) 0;
+		r->dup_of = -1;
+		r->applied = false;
 		if (slot->tts_isnull[Anum_ec_queue_op - 1] ||
 			slot->tts_isnull[Anum_ec_queue_key - 1])
 		{
@@ -166,6 +169,18 @@ fetch_rows(Relation rel, int batch_size, bool want_lookup, QueueRow **rows_out)
 }
 
 /*
+ * Was row i acknowledged?  A duplicate goes with the row that carried its
+ * key; a row without a key (a hand-made one) has nothing to wait for.
+ */
+static bool
+row_applied(QueueRow *rows, int i)
+{
+	if (rows[i].dup_of >= 0)
+		return rows[rows[i].dup_of].applied;
+	return rows[i].applied || rows[i].key == NULL;
+}
+
+/*
  * Remove the applied rows.  A row someone else deleted meanwhile (a
  * superuser emptying the queue by hand) is simply gone already.
  */
@@ -179,6 +194,8 @@ delete_rows(Relation rel, QueueRow *rows, int n)
 		TM_FailureData tmfd;
 		TM_Result	res;
 
+		if (!row_applied(rows, i))
+			continue;
 		res = heap_delete(rel, &rows[i].tid, cid, InvalidSnapshot, true, &tmfd, false);
 		if (res != TM_Ok && res != TM_Deleted && res != TM_Updated)
 			elog(ERROR, "unexpected result %d deleting queue row (%u,%u)", (int) res,
@@ -460,8 +477,98 @@ collapse_duplicates(QueueRow *rows, int n)
 				rows[e->idx].vals = rows[i].vals;
 			}
 			rows[i].key = NULL;
+			rows[i].dup_of = e->idx;
 		}
 	}
+}
+
+/* order of rows by key slot, for apply_keys_cluster */
+static int
+cmp_slot(const void *a, const void *b)
+{
+	return ((const int *) a)[0] - ((const int *) b)[0];
+}
+
+/*
+ * The keys of a batch on a Redis Cluster: an UNLINK per slot (a multi-key
+ * command must stay within one slot) and a SET per refreshed key, all sent
+ * at once, one pipeline per node.  Each row is marked applied only when
+ * the node owning its key acknowledged its command: if a node is down,
+ * the rows of the others can still go.
+ */
+static bool
+apply_keys_cluster(QueueRow *rows, int n, char **jsons, const char *ttl,
+				   StringInfo err)
+{
+	int		   *order = palloc(sizeof(int) * 2 * n);	/* (slot, row) pairs */
+	int		   *cmd_of = palloc(sizeof(int) * n);
+	EcRoutedCmd *cmds = palloc0(sizeof(EcRoutedCmd) * n);
+	int			nkeys = 0;
+	int			ncmds = 0;
+	bool		ok;
+
+	for (int i = 0; i < n; i++)
+	{
+		cmd_of[i] = -1;
+		if (!IS_KEY_OP(rows[i].op) || rows[i].key == NULL)
+			continue;
+		order[2 * nkeys] = ec_cluster_key_slot(rows[i].key, rows[i].keylen);
+		order[2 * nkeys + 1] = i;
+		nkeys++;
+	}
+	qsort(order, nkeys, 2 * sizeof(int), cmp_slot);
+
+	for (int j = 0; j < nkeys;)
+	{
+		int			slot = order[2 * j];
+		int			i = order[2 * j + 1];
+		EcRoutedCmd *c = &cmds[ncmds];
+		const char **argv;
+		size_t	   *argvlen;
+		int			end = j;
+
+		c->slot = slot;
+		if (jsons[i])
+		{
+			argv = palloc(sizeof(char *) * 5);
+			argvlen = palloc(sizeof(size_t) * 5);
+			argv[0] = "SET", argvlen[0] = 3;
+			argv[1] = rows[i].key, argvlen[1] = rows[i].keylen;
+			argv[2] = jsons[i], argvlen[2] = strlen(jsons[i]);
+			argv[3] = "EX", argvlen[3] = 2;
+			argv[4] = ttl, argvlen[4] = strlen(ttl);
+			c->argc = 5;
+			cmd_of[i] = ncmds;
+			j++;
+		}
+		else
+		{
+			/* the rows of this slot that are UNLINKed, up to a chunk */
+			while (end < nkeys && order[2 * end] == slot && !jsons[order[2 * end + 1]] &&
+				   end - j < UNLINK_CHUNK)
+				end++;
+			argv = palloc(sizeof(char *) * (end - j + 1));
+			argvlen = palloc(sizeof(size_t) * (end - j + 1));
+			argv[0] = "UNLINK", argvlen[0] = 6;
+			for (int k = j; k < end; k++)
+			{
+				argv[k - j + 1] = rows[order[2 * k + 1]].key;
+				argvlen[k - j + 1] = rows[order[2 * k + 1]].keylen;
+				cmd_of[order[2 * k + 1]] = ncmds;
+			}
+			c->argc = end - j + 1;
+			j = end;
+		}
+		c->argv = argv;
+		c->argvlen = argvlen;
+		ncmds++;
+	}
+
+	ok = ec_cluster_run(cmds, ncmds, err);
+	for (int i = 0; i < n; i++)
+		if (cmd_of[i] >= 0)
+			rows[i].applied = cmds[cmd_of[i]].done;
+	return ok;
 }
 
 static bool
@@ -485,9 +592,15 @@ apply_rows(QueueRow *rows, int n, StringInfo err)
 
 	/* flushes first: a TRUNCATE then INSERT in one batch must end cached */
 	for (int i = 0; i < n; i++)
-		if (rows[i].op == EC_OP_FLUSH && rows[i].key != NULL &&
-			!ec_redis_flush_pattern(rows[i].key, rows[i].keylen, &flushed, err))
+	{
+		if (rows[i].op != EC_OP_FLUSH || rows[i].key == NULL)
+			continue;
+		if (!ec_redis_flush_pattern(rows[i].key, rows[i].keylen, &flushed, err))
 			return false;
+		rows[i].applied = true;
+	}
+	if (ec_cluster_active())
+		return apply_keys_cluster(rows, n, jsons, ttl, err);
 
 	argv[0] = "UNLINK";
 	argvlen[0] = 6;
@@ -598,7 +711,7 @@ notify_applied(QueueRow *rows, int n)
 	if (ec_notify != EC_NOTIFY_APPLIED)
 		return;
 	for (int i = 0; i < n; i++)
-		if (rows[i].key != NULL)
+		if (rows[i].key != NULL && rows[i].applied)
 			nkeys++;
 	if (nkeys == 0)
 		return;
@@ -615,7 +728,7 @@ notify_applied(QueueRow *rows, int n)
 	}
 	said_skipping = false;
 	for (int i = 0; i < n; i++)
-		if (rows[i].key != NULL)
+		if (rows[i].key != NULL && rows[i].applied)
 			ec_notify_send(rows[i].op, rows[i].key);
 }
 
@@ -648,6 +761,7 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	QueueRow   *rows;
 	int			n;
 	bool		ok;
+	int			nremoved = 0;
 	Relation	rel;
 
 	*napplied = 0;
@@ -688,7 +802,15 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	PushActiveSnapshot(GetTransactionSnapshot());
 	n = fetch_rows(rel, batch_size, ec_mode == EC_MODE_REFRESH, &rows);
 	ok = (n == 0) || apply_rows(rows, n, err);
-	if (ok && n > 0)
+	for (int i = 0; i < n; i++)
+	{
+		/* one node: all or nothing; a cluster: what its owner acknowledged */
+		if (ok)
+			rows[i].applied = true;
+		if (row_applied(rows, i))
+			nremoved++;
+	}
+	if (nremoved > 0)
 	{
 		delete_rows(rel, rows, n);
 		notify_applied(rows, n);
@@ -704,7 +826,7 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 
 	SPI_finish();
 	PopActiveSnapshot();
-	if (ok)
+	if (ok || nremoved > 0)
 		CommitTransactionCommand();
 	else
 		AbortCurrentTransaction();
@@ -714,7 +836,10 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	MemoryContextReset(batch_cxt);
 
 	if (!ok)
+	{
+		*napplied = nremoved;
 		return EC_DRAIN_ERROR;
+	}
 	*napplied = n;
 	if (n < batch_size)
 		*drained_as_of = pass_started;

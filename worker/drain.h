@@ -23,12 +23,15 @@ typedef struct EcQueueRow
 	Oid			relid;
 	char	   *template;		/* the trigger argument (see EcWatched) */
 	Datum		vals;			/* text[], or 0 */
+	int			dup_of;			/* the later row with the same key, or -1 */
+	bool		applied;		/* acknowledged: may be removed */
 } EcQueueRow;
 
 typedef enum EcDrainResult
 {
 	EC_DRAIN_OK,				/* *napplied rows applied and removed */
-	EC_DRAIN_ERROR,				/* nothing removed; err says why */
+	EC_DRAIN_ERROR,				/* err says why; *napplied rows were removed
+								 * anyway (a cluster's nodes that answered) */
 	EC_DRAIN_NOT_INSTALLED		/* no entity_cache.queue in this database */
 } EcDrainResult;
 

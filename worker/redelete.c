@@ -152,7 +152,8 @@ ec_redelete_schedule(EcQueueRow *rows, int n)
 		char	   *hashkey;
 
 		/* keys with a NUL cannot be hash keys here; they cannot race either */
-		if (rows[i].key == NULL || strlen(rows[i].key) != rows[i].keylen)
+		if (rows[i].key == NULL || !rows[i].applied ||
+			strlen(rows[i].key) != rows[i].keylen)
 			continue;
 		copy_row(&copy, &rows[i]);
 		hashkey = copy.key - 1;

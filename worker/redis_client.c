@@ -16,6 +16,9 @@
  * connection is then dropped, and the next connect asks the sentinels
  * again, retrying for up to one timeout while they elect a new master.
  *
+ * A node that reports cluster_enabled:1 hands over to cluster.c, which
+ * keeps its own connections, one per primary, with the same settings.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -28,6 +31,7 @@
 #include "storage/latch.h"
 #include "utils/memutils.h"
 
+#include "cluster.h"
 #include "redis_url.h"
 
 static EcConn *conn = NULL;
@@ -73,12 +77,13 @@ ec_redis_disconnect(void)
 		publish_node(NULL);
 	ec_conn_close(conn);
 	conn = NULL;
+	ec_cluster_reset();
 }
 
 bool
 ec_redis_is_connected(void)
 {
-	return conn != NULL;
+	return conn != NULL || ec_cluster_active();
 }
 
 EcConn *
@@ -385,10 +390,32 @@ confirm_master(EcConn *c, StringInfo err)
 	return cur_replicas >= 0;
 }
 
+/* Does the node behind c run in cluster mode?  False on any doubt. */
+static bool
+cluster_enabled(EcConn *c)
+{
+	StringInfoData ignored;
+	redisReply *reply;
+	bool		yes;
+
+	initStringInfo(&ignored);
+	reply = ec_conn_command(c, 2, (const char *[]) {"INFO", "cluster"}, (size_t[]) {4, 7},
+							ec_deadline_after(cur_timeout_ms), "Redis INFO", &ignored);
+	pfree(ignored.data);
+	if (reply == NULL)
+		return false;
+	yes = reply->type == REDIS_REPLY_STRING &&
+		strstr(reply->str, "cluster_enabled:1") != NULL;
+	freeReplyObject(reply);
+	return yes;
+}
+
 /*
  * The URL's hosts in order; the first that connects wins.  With several
  * hosts, a replica is skipped: they are failover candidates, and after a
- * promotion the first host may be the old master turned replica.
+ * promotion the first host may be the old master turned replica.  A Redis
+ * Cluster node is taken whatever its role: the hosts are then seeds, and
+ * any node can tell the slot map.
  */
 static EcConn *
 connect_hosts(StringInfo err)
@@ -400,7 +427,7 @@ connect_hosts(StringInfo err)
 		if (i > 0)
 			appendStringInfoString(err, "; ");
 		c = ec_redis_open_node(cur_url.hosts[i].host, cur_url.hosts[i].port, err);
-		if (c && (cur_url.nhosts == 1 || confirm_master(c, err)))
+		if (c && (cur_url.nhosts == 1 || cluster_enabled(c) || confirm_master(c, err)))
 		{
 			resetStringInfo(err);
 			return c;
@@ -473,6 +500,24 @@ connect_sentinel(StringInfo err)
 	}
 }
 
+/*
+ * The URL's node is part of a Redis Cluster: hand over to cluster.c, which
+ * loads the slot map from the first of the URL's hosts that answers and
+ * keeps a connection per primary.  This connection is no longer needed.
+ */
+static bool
+start_cluster(StringInfo err)
+{
+	ec_redis_disconnect();
+	if (cur_url.db != 0)
+	{
+		appendStringInfo(err, "entity_cache.redis_url names a Redis Cluster node, and a cluster has only database 0; "
+						 "remove /%d from the URL", cur_url.db);
+		return false;
+	}
+	return ec_cluster_start(cur_url.hosts, cur_url.nhosts, err);
+}
+
 bool
 ec_redis_connect(const char *urltext, const char *password_override,
 				 int timeout_ms, StringInfo err)
@@ -504,12 +549,19 @@ ec_redis_connect(const char *urltext, const char *password_override,
 	else
 		conn = connect_hosts(err);
 	publish_node(conn);
+	if (conn && !cur_url.is_unix && !cur_url.sentinel && cluster_enabled(conn))
+		return start_cluster(err);
 	return conn != NULL;
 }
 
 void
 ec_redis_append(int argc, const char **argv, const size_t *argvlen)
 {
+	if (ec_cluster_active())
+	{
+		ec_cluster_append(argc, argv, argvlen);
+		return;
+	}
 	Assert(conn != NULL);
 	ec_conn_append(conn, argc, argv, argvlen);
 }
@@ -570,10 +622,16 @@ ec_redis_read_replies(StringInfo err)
 {
 	bool		ok = true;
 	bool		failover = false;
-	int			n = ec_conn_pending(conn);
-	bool		guard = cur_url.sentinel && n > 0;
-	bool		waited = guard && cur_replicas > 0;
+	int			n;
+	bool		guard;
+	bool		waited;
 
+	/* a cluster has no one connection: cluster.c routes what was appended */
+	if (ec_cluster_active())
+		return ec_cluster_read_replies(err);
+	n = ec_conn_pending(conn);
+	guard = cur_url.sentinel && n > 0;
+	waited = guard && cur_replicas > 0;
 	if (guard)
 		append_sentinel_guard();
 	if (!ec_conn_exchange(&conn, 1, ec_deadline_after(cur_timeout_ms)))
@@ -707,11 +765,71 @@ bool
 ec_redis_flush_pattern(const char *pattern, size_t len, uint64 *nkeys,
 					   StringInfo err)
 {
+	if (ec_cluster_active())
+		return ec_cluster_flush_pattern(pattern, len, nkeys, err);
 	return scan_all(pattern, len, unlink_page, nkeys, err);
 }
 
+/* A GET's reply as values[i] (NULL for a missing key); false on an error. */
+static bool
+take_value(const redisReply *reply, const char *key, size_t keylen,
+		   char **value, size_t *vlen, StringInfo err)
+{
+	*value = NULL;
+	*vlen = 0;
+	if (reply->type == REDIS_REPLY_STRING)
+	{
+		*value = pnstrdup(reply->str, reply->len);
+		*vlen = reply->len;
+		return true;
+	}
+	if (reply->type == REDIS_REPLY_NIL)
+		return true;
+	if (err)					/* only the first failure is told */
+		appendStringInfo(err, "Redis GET of \"%.*s\" failed: %s", (int) keylen, key,
+						 reply->type == REDIS_REPLY_ERROR ? reply->str : "not a string");
+	return false;
+}
+
+/* verify()'s GETs on a cluster: each to its slot's owner, all at once. */
+static bool
+get_many_cluster(int n, const char *const *keys, const size_t *keylens,
+				 char **values, size_t *vlens, StringInfo err)
+{
+	EcRoutedCmd *cmds = palloc0(sizeof(EcRoutedCmd) * n);
+	const char **argv = palloc(sizeof(char *) * 2 * n);
+	size_t	   *argvlen = palloc(sizeof(size_t) * 2 * n);
+	bool		ok;
+
+	for (int i = 0; i < n; i++)
+	{
+		argv[2 * i] = "GET";
+		argvlen[2 * i] = 3;
+		argv[2 * i + 1] = keys[i];
+		argvlen[2 * i + 1] = keylens[i];
+		cmds[i].argc = 2;
+		cmds[i].argv = &argv[2 * i];
+		cmds[i].argvlen = &argvlen[2 * i];
+		cmds[i].slot = ec_cluster_key_slot(keys[i], keylens[i]);
+		cmds[i].keep_reply = true;
+	}
+	ok = ec_cluster_run(cmds, n, err);
+	for (int i = 0; i < n; i++)
+	{
+		values[i] = NULL;
+		vlens[i] = 0;
+		if (cmds[i].reply == NULL)
+			continue;
+		if (!take_value(cmds[i].reply, keys[i], keylens[i], &values[i], &vlens[i],
+						ok ? err : NULL))
+			ok = false;
+		freeReplyObject(cmds[i].reply);
+	}
+	return ok;
+}
+
 /*
- * verify()'s reads: pipelined GETs (not MGET, so that each key could go to
+ * verify()'s reads: pipelined GETs (not MGET, so that each key can go to
  * its own cluster node), all in one exchange.
  */
 bool
@@ -720,6 +838,8 @@ ec_redis_get_many(int n, const char *const *keys, const size_t *keylens,
 {
 	bool		ok = true;
 
+	if (ec_cluster_active())
+		return get_many_cluster(n, keys, keylens, values, vlens, err);
 	for (int i = 0; i < n; i++)
 	{
 		const char *argv[2] = {"GET", keys[i]};
@@ -738,20 +858,9 @@ ec_redis_get_many(int n, const char *const *keys, const size_t *keylens,
 	{
 		redisReply *reply = ec_conn_take_reply(conn);
 
-		values[i] = NULL;
-		vlens[i] = 0;
-		if (reply->type == REDIS_REPLY_STRING)
-		{
-			values[i] = pnstrdup(reply->str, reply->len);
-			vlens[i] = reply->len;
-		}
-		else if (reply->type != REDIS_REPLY_NIL && ok)
-		{
-			appendStringInfo(err, "Redis GET of \"%.*s\" failed: %s", (int) keylens[i],
-							 keys[i], reply->type == REDIS_REPLY_ERROR ? reply->str :
-							 "not a string");
+		if (!take_value(reply, keys[i], keylens[i], &values[i], &vlens[i],
+						ok ? err : NULL))
 			ok = false;
-		}
 		freeReplyObject(reply);
 	}
 	return ok;
@@ -774,11 +883,25 @@ each_key(void *arg, const redisReply *keys, StringInfo err)
 	return true;
 }
 
+/* the same on a cluster's pages (every primary's) */
+static bool
+each_cluster_key(void *arg, int n, const char *const *keys, const size_t *lens,
+				 StringInfo err)
+{
+	ScanKeys   *sk = arg;
+
+	for (int i = 0; i < n; i++)
+		sk->cb(sk->arg, keys[i], lens[i]);
+	return true;
+}
+
 bool
 ec_redis_scan(const char *pattern, size_t len, EcScanFn cb, void *arg,
 			  StringInfo err)
 {
 	ScanKeys	sk = {cb, arg};
 
+	if (ec_cluster_active())
+		return ec_cluster_scan(pattern, len, each_cluster_key, &sk, err);
 	return scan_all(pattern, len, each_key, &sk, err);
 }

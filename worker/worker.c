@@ -413,6 +413,8 @@ drain_once(WorkerState *st)
 	}
 	if (res == EC_DRAIN_ERROR)
 	{
+		/* on a cluster, the rows of the nodes that answered went through */
+		publish_progress(napplied, 0);
 		st->backoff = fail_and_back_off(st->err.data, st->backoff);
 		return -1;
 	}
