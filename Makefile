@@ -9,6 +9,7 @@ OBJS = \
 	extension/template.o \
 	extension/capture.o \
 	extension/api.o \
+	extension/status.o \
 	extension/utility.o \
 	extension/consistency.o \
 	worker/worker.o \

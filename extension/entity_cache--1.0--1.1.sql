@@ -76,6 +76,47 @@ ORDER BY t.tgrelid, a.ord;
 
 GRANT SELECT ON entity_cache.watched TO PUBLIC;
 
+-- The four capture triggers named <prefix>_insert ... _truncate on tbl,
+-- with args as their arguments; args NULL removes them.  The one place that
+-- creates capture triggers: watch() and unwatch() for a watched table
+-- (prefix entity_cache), _sync_partitions() for its partitions
+-- (entity_cache_part).  One trigger per event: PostgreSQL allows transition
+-- tables only on single-event triggers.  ENABLE ALWAYS: replica-role
+-- sessions (pg_restore, logical apply, bulk loads) change rows too.  It
+-- runs with its caller's rights: creating a trigger needs the table's
+-- ownership and EXECUTE on capture(), so PUBLIC may call it.
+CREATE FUNCTION entity_cache._install_triggers(tbl regclass, prefix text, args text[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ev record;
+    trg name;
+    list text;
+BEGIN
+    SELECT string_agg(quote_literal(a), ', ' ORDER BY o) INTO list
+    FROM unnest(args) WITH ORDINALITY AS u(a, o);
+    FOR ev IN
+        SELECT * FROM (VALUES
+            ('insert', 'INSERT', 'REFERENCING NEW TABLE AS entity_cache_new'),
+            ('update', 'UPDATE', 'REFERENCING OLD TABLE AS entity_cache_old NEW TABLE AS entity_cache_new'),
+            ('delete', 'DELETE', 'REFERENCING OLD TABLE AS entity_cache_old'),
+            ('truncate', 'TRUNCATE', '')) AS e(suffix, event, transition)
+    LOOP
+        trg := prefix || '_' || ev.suffix;
+        IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = tbl AND tgname = trg) THEN
+            EXECUTE format('DROP TRIGGER %I ON %s', trg, tbl);
+        END IF;
+        CONTINUE WHEN args IS NULL;
+        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)',
+                       trg, ev.event, tbl, ev.transition, list);
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', tbl, trg);
+    END LOOP;
+END
+$$;
+
 CREATE FUNCTION entity_cache.watch(tbl regclass,
                                    key_template text DEFAULT 'entity:metadata:{code}',
                                    value regprocedure DEFAULT NULL)
@@ -86,7 +127,6 @@ AS $$
 DECLARE
     arg text;
     args text[];
-    list text;
 BEGIN
     IF tbl IS NULL OR watch.key_template IS NULL THEN
         RAISE EXCEPTION 'entity_cache.watch() needs a table and a key template'
@@ -108,27 +148,7 @@ BEGIN
                     CROSS JOIN LATERAL entity_cache._watched_args(t.tgname, t.tgfoid, t.tgargs, t.tgnargs) w
                     WHERE t.tgrelid = tbl AND w.key_template = watch.key_template);
     args := coalesce(args, '{}') || arg;
-    SELECT string_agg(quote_literal(a), ', ') INTO list FROM unnest(args) a;
-
-    PERFORM entity_cache.unwatch(tbl);
-    -- One trigger per event: PostgreSQL allows transition tables only on
-    -- single-event triggers.  ENABLE ALWAYS: replica-role sessions
-    -- (pg_restore, logical apply, bulk loads) change rows too.
-    EXECUTE format('CREATE TRIGGER entity_cache_insert AFTER INSERT ON %s '
-                   'REFERENCING NEW TABLE AS entity_cache_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, list);
-    EXECUTE format('CREATE TRIGGER entity_cache_update AFTER UPDATE ON %s '
-                   'REFERENCING OLD TABLE AS entity_cache_old NEW TABLE AS entity_cache_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, list);
-    EXECUTE format('CREATE TRIGGER entity_cache_delete AFTER DELETE ON %s '
-                   'REFERENCING OLD TABLE AS entity_cache_old '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, list);
-    EXECUTE format('CREATE TRIGGER entity_cache_truncate AFTER TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, list);
-    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER entity_cache_insert, '
-                   'ENABLE ALWAYS TRIGGER entity_cache_update, '
-                   'ENABLE ALWAYS TRIGGER entity_cache_delete, '
-                   'ENABLE ALWAYS TRIGGER entity_cache_truncate', tbl);
+    PERFORM entity_cache._install_triggers(tbl, 'entity_cache', args);
     -- partitions (issue 9): see _sync_partitions()
     PERFORM entity_cache._sync_partitions();
 END
@@ -171,46 +191,6 @@ REVOKE ALL ON FUNCTION entity_cache.verify(regclass, boolean) FROM PUBLIC;
 -- that both the parent's and a partition's triggers queue (TRUNCATE of
 -- the parent truncates every partition) is queued once per transaction.
 -- The `watched` view lists entity_cache_insert triggers: the parent only.
-CREATE FUNCTION entity_cache._partition_triggers(tbl regclass, args text[])
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    trg name;
-    list text;
-BEGIN
-    FOR trg IN
-        SELECT tgname FROM pg_trigger
-        WHERE tgrelid = tbl
-          AND tgname IN ('entity_cache_part_insert', 'entity_cache_part_update',
-                         'entity_cache_part_delete', 'entity_cache_part_truncate')
-    LOOP
-        EXECUTE format('DROP TRIGGER %I ON %s', trg, tbl);
-    END LOOP;
-    IF args IS NULL THEN
-        RETURN;
-    END IF;
-    SELECT string_agg(quote_literal(a), ', ' ORDER BY o) INTO list
-    FROM unnest(args) WITH ORDINALITY AS u(a, o);
-    EXECUTE format('CREATE TRIGGER entity_cache_part_insert AFTER INSERT ON %s '
-                   'REFERENCING NEW TABLE AS entity_cache_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, list);
-    EXECUTE format('CREATE TRIGGER entity_cache_part_update AFTER UPDATE ON %s '
-                   'REFERENCING OLD TABLE AS entity_cache_old NEW TABLE AS entity_cache_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, list);
-    EXECUTE format('CREATE TRIGGER entity_cache_part_delete AFTER DELETE ON %s '
-                   'REFERENCING OLD TABLE AS entity_cache_old '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, list);
-    EXECUTE format('CREATE TRIGGER entity_cache_part_truncate AFTER TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION entity_cache.capture(%s)', tbl, list);
-    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER entity_cache_part_insert, '
-                   'ENABLE ALWAYS TRIGGER entity_cache_part_update, '
-                   'ENABLE ALWAYS TRIGGER entity_cache_part_delete, '
-                   'ENABLE ALWAYS TRIGGER entity_cache_part_truncate', tbl);
-END
-$$;
-
 -- Give every partition of a watched table the triggers it should have,
 -- and take them from tables that are no longer partitions of one.  It
 -- only brings the partitions in step with what the watched tables'
@@ -258,7 +238,7 @@ BEGIN
         FROM pg_trigger t
         WHERE t.tgrelid = todo.relid AND t.tgname = 'entity_cache_part_insert';
         CONTINUE WHEN cur IS NOT DISTINCT FROM todo.args;
-        PERFORM entity_cache._partition_triggers(todo.relid, todo.args);
+        PERFORM entity_cache._install_triggers(todo.relid, 'entity_cache_part', todo.args);
     END LOOP;
 END
 $$;
@@ -274,7 +254,6 @@ LANGUAGE C
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
 
-REVOKE ALL ON FUNCTION entity_cache._partition_triggers(regclass, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION entity_cache._on_ddl() FROM PUBLIC;
 
 CREATE EVENT TRIGGER entity_cache_partitions ON ddl_command_end
@@ -288,21 +267,12 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    trg name;
 BEGIN
     IF tbl IS NULL THEN
         RAISE EXCEPTION 'entity_cache.unwatch() needs a table'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    FOR trg IN
-        SELECT tgname FROM pg_trigger
-        WHERE tgrelid = tbl
-          AND tgname IN ('entity_cache_insert', 'entity_cache_update',
-                         'entity_cache_delete', 'entity_cache_truncate')
-    LOOP
-        EXECUTE format('DROP TRIGGER %I ON %s', trg, tbl);
-    END LOOP;
+    PERFORM entity_cache._install_triggers(tbl, 'entity_cache', NULL);
     -- partitions (issue 9): see _sync_partitions()
     PERFORM entity_cache._sync_partitions();
 END

@@ -180,6 +180,7 @@ ec_shmem_startup(void)
 	{
 		memset(ec_shared, 0, sizeof(EcShared));
 		SpinLockInit(&ec_shared->mutex);
+		pg_atomic_init_u32(&ec_shared->text_changecount, 0);
 		ec_shared->worker_procno = -1;
 		ConditionVariableInit(&ec_shared->applied_cv);
 	}
@@ -456,4 +457,51 @@ ec_database_served(const char **why)
 		return false;
 	}
 	return true;
+}
+
+/* Is this process the worker (not a backend with a Redis connection)? */
+bool
+ec_am_worker(void)
+{
+	bool		mine;
+
+	if (ec_shared == NULL)
+		return false;
+	SpinLockAcquire(&ec_shared->mutex);
+	mine = ec_shared->worker_pid == MyProcPid;
+	SpinLockRelease(&ec_shared->mutex);
+	return mine;
+}
+
+/*
+ * Write one of EcShared's strings (the worker only, so writers never race
+ * each other).  The change count is odd while the copy is under way; the
+ * atomic increments are full barriers.
+ */
+void
+ec_shared_set_text(char *field, size_t size, const char *value)
+{
+	pg_atomic_fetch_add_u32(&ec_shared->text_changecount, 1);
+	strlcpy(field, value, size);
+	pg_atomic_fetch_add_u32(&ec_shared->text_changecount, 1);
+}
+
+/* Read one of EcShared's strings without a lock (see EcShared). */
+void
+ec_shared_get_text(char *dst, const char *field, size_t size)
+{
+	for (;;)
+	{
+		uint32		before = pg_atomic_read_u32(&ec_shared->text_changecount);
+		uint32		after;
+
+		pg_read_barrier();
+		memcpy(dst, field, size);
+		pg_read_barrier();
+		after = pg_atomic_read_u32(&ec_shared->text_changecount);
+		if (before == after && (before & 1) == 0)
+			break;
+		pg_spin_delay();
+	}
+	dst[size - 1] = '\0';
 }

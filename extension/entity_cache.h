@@ -10,6 +10,7 @@
 
 #include "access/tupdesc.h"
 #include "datatype/timestamp.h"
+#include "port/atomics.h"
 #include "storage/condition_variable.h"
 #include "storage/spin.h"
 
@@ -73,34 +74,60 @@ extern char *ec_redis_sentinel_password;
 #define EC_LAST_ERROR_LEN 512
 #define EC_REDIS_NODE_LEN 300
 
-/* The one shared-memory segment: the worker's face to the backends. */
+/*
+ * The one shared-memory segment: the worker's face to the backends.
+ *
+ * Who writes what, and what guards it:
+ *	- mutex, a spinlock held for a few loads and stores (never a copy of a
+ *	  string, never a call), guards every scalar from worker_pid to
+ *	  cluster_redirections.  The worker writes them; worker_attach() and
+ *	  worker_detach() set worker_pid and worker_procno; the database flags
+ *	  are also set by a worker that is still looking for its database.
+ *	- last_error and redis_node are written by the worker alone and read
+ *	  with no lock through text_changecount, as PgBackendStatus'
+ *	  st_changecount: the count is odd while a write is under way, and a
+ *	  reader copies until it saw the same even count before and after.
+ *	  Use ec_shared_set_text() and ec_shared_get_text().
+ *	- applied_cv is a condition variable (its own lock): the worker
+ *	  broadcasts it after each batch, sync() sleeps on it.
+ */
 typedef struct EcShared
 {
 	slock_t		mutex;
+	/* -- guarded by mutex -- */
 	pid_t		worker_pid;		/* 0 while no worker runs */
 	int			worker_procno;	/* its PGPROC, for SetLatch; -1 if none */
 	Oid			worker_dboid;	/* database it serves, once connected */
-	TimestampTz drained_as_of;	/* all committed before this is applied */
-	bool		redis_connected;
-	uint64		applied_total;	/* queue rows applied to Redis */
-	uint64		errors_total;
-	uint64		refresh_failed; /* keys deleted because no lookup could run */
 	bool		database_missing;	/* entity_cache.database was not found */
 	bool		said_missing;	/* ... and the log said so once */
-	TimestampTz last_error_at;
-	char		last_error[EC_LAST_ERROR_LEN];
+	TimestampTz drained_as_of;	/* all committed before this is applied */
+	bool		redis_connected;
+	bool		redis_tls;		/* the connection of redis_node is TLS */
+	uint64		applied_total;	/* queue rows applied to Redis */
+	uint64		errors_total;
+	TimestampTz last_error_at;	/* 0: no error yet */
+	uint64		refresh_failed; /* keys deleted because no lookup could run */
 	uint64		notify_skipped;	/* notifications not sent (queue filling, too long) */
-	char		redis_node[EC_REDIS_NODE_LEN];	/* "host:port" or socket; "" if none */
-	bool		redis_tls;		/* that connection is TLS */
-	ConditionVariable applied_cv;	/* broadcast after each applied batch */
 	uint64		redelete_pending;	/* keys waiting to be applied again */
 	/* Redis Cluster (worker/cluster.c); cluster_nodes 0: not a cluster */
 	int			cluster_nodes;	/* primaries in the slot map */
 	TimestampTz cluster_slots_loaded_at;
 	uint64		cluster_redirections;	/* MOVED and ASK followed */
+
+	/* -- written by the worker, read through text_changecount -- */
+	pg_atomic_uint32 text_changecount;
+	char		last_error[EC_LAST_ERROR_LEN];
+	char		redis_node[EC_REDIS_NODE_LEN];	/* "host:port" or socket; "" if none */
+
+	ConditionVariable applied_cv;	/* broadcast after each applied batch */
 } EcShared;
 
 extern EcShared *ec_shared;		/* NULL unless preloaded */
+
+/* entity_cache.c: the strings of EcShared, and who may write them */
+extern bool ec_am_worker(void);
+extern void ec_shared_set_text(char *field, size_t size, const char *value);
+extern void ec_shared_get_text(char *dst, const char *field, size_t size);
 
 /* entity_cache.c */
 extern void ec_wake_worker(void);

@@ -84,21 +84,20 @@ publish_status(EcConn *loaded_from)
 	TimestampTz now = GetCurrentTimestamp();
 
 	/* a backend with a cluster connection of its own is not the worker */
-	if (ec_shared == NULL || ec_shared->worker_pid != MyProcPid)
+	if (!ec_am_worker())
 		return;
+	if (loaded_from || !active)
+		ec_shared_set_text(ec_shared->redis_node, sizeof(ec_shared->redis_node),
+						   loaded_from ? ec_conn_node(loaded_from) : "");
 	SpinLockAcquire(&ec_shared->mutex);
 	ec_shared->cluster_nodes = active ? map->nnodes : 0;
 	if (loaded_from)
 	{
 		ec_shared->cluster_slots_loaded_at = now;
-		strlcpy(ec_shared->redis_node, ec_conn_node(loaded_from), sizeof(ec_shared->redis_node));
 		ec_shared->redis_tls = ec_conn_is_tls(loaded_from);
 	}
 	else if (!active)
-	{
-		ec_shared->redis_node[0] = '\0';
 		ec_shared->redis_tls = false;
-	}
 	ec_shared->cluster_redirections = redirections;
 	SpinLockRelease(&ec_shared->mutex);
 }

@@ -62,10 +62,12 @@ static char *used_sentinel_password = NULL;
 static void
 publish_node(EcConn *c)
 {
-	if (ec_shared == NULL)
+	/* a backend with a connection of its own (verify()) is not the worker */
+	if (!ec_am_worker())
 		return;
+	ec_shared_set_text(ec_shared->redis_node, sizeof(ec_shared->redis_node),
+					   c ? ec_conn_node(c) : "");
 	SpinLockAcquire(&ec_shared->mutex);
-	strlcpy(ec_shared->redis_node, c ? ec_conn_node(c) : "", sizeof(ec_shared->redis_node));
 	ec_shared->redis_tls = c ? ec_conn_is_tls(c) : false;
 	SpinLockRelease(&ec_shared->mutex);
 }

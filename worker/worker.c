@@ -104,10 +104,10 @@ ec_set_error(const char *fmt,...)
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 
+	ec_shared_set_text(ec_shared->last_error, sizeof(ec_shared->last_error), msg);
 	SpinLockAcquire(&ec_shared->mutex);
 	ec_shared->errors_total++;
 	ec_shared->last_error_at = now;
-	strlcpy(ec_shared->last_error, msg, sizeof(ec_shared->last_error));
 	SpinLockRelease(&ec_shared->mutex);
 
 	if (strcmp(prev, msg) != 0 ||
