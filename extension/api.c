@@ -44,7 +44,7 @@ PG_FUNCTION_INFO_V1(entity_cache_sync);
 #define ENTITY_TABLE "app.entity"
 
 static void
-prevent_read_only(const char *what)
+require_read_write(const char *what)
 {
 	PreventCommandIfReadOnly(what);
 	PreventCommandDuringRecovery(what);
@@ -256,7 +256,7 @@ entity_cache_invalidate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("code must not be NULL")));
 	code = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	prevent_read_only("entity_cache.invalidate()");
+	require_read_write("entity_cache.invalidate()");
 
 	rv = makeRangeVar("app", "entity", -1);
 	relid = RangeVarGetRelid(rv, AccessShareLock, true);
@@ -333,7 +333,7 @@ entity_cache_invalidate_key(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("key must not be empty")));
-	prevent_read_only("entity_cache.invalidate_key()");
+	require_read_write("entity_cache.invalidate_key()");
 
 	w = ec_queue_open();
 	ec_queue_add(w, EC_OP_KEY, key, InvalidOid, NULL, (Datum) 0, true);
@@ -351,7 +351,7 @@ entity_cache_flush_all(PG_FUNCTION_ARGS)
 	EcQueueWriter *w;
 	int			n = 0;
 
-	prevent_read_only("entity_cache.flush_all()");
+	require_read_write("entity_cache.flush_all()");
 
 	SPI_connect();
 	SPI_execute("SELECT relid::oid, key_template FROM entity_cache.watched", true, 0);
@@ -365,7 +365,7 @@ entity_cache_flush_all(PG_FUNCTION_ARGS)
 		EcBoundTemplate bt;
 
 		bt.text = tmpl;
-		ec_parse_template(tmpl, &bt.parsed);
+		ec_template_parse_or_raise(tmpl, &bt.parsed);
 		if (ec_queue_add(w, EC_OP_FLUSH, ec_template_pattern(&bt), relid, tmpl,
 						 (Datum) 0, true))
 			n++;

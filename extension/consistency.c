@@ -20,7 +20,6 @@
 #include "access/table.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
-#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -351,32 +350,10 @@ orphan_candidate(void *arg, const char *key, size_t len)
 	}
 }
 
-static uint32
-str_hash(const void *key, Size keysize)
-{
-	const char *k = *(char *const *) key;
-
-	return hash_bytes((const unsigned char *) k, strlen(k));
-}
-
-static int
-str_match(const void *key1, const void *key2, Size keysize)
-{
-	return strcmp(*(char *const *) key1, *(char *const *) key2);
-}
-
 static HTAB *
 string_set(const char *name)
 {
-	HASHCTL		ctl;
-
-	ctl.keysize = sizeof(char *);
-	ctl.entrysize = sizeof(char *);
-	ctl.hash = str_hash;
-	ctl.match = str_match;
-	ctl.hcxt = CurrentMemoryContext;
-	return hash_create(name, 1024, &ctl,
-					   HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	return ec_cstring_hash_create(name, 1024, sizeof(char *), CurrentMemoryContext);
 }
 
 /*

@@ -20,7 +20,9 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "common/hashfn.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
 
 #include "redis_url.h"
 #include "transport.h"
@@ -504,4 +506,40 @@ ec_shared_get_text(char *dst, const char *field, size_t size)
 		pg_spin_delay();
 	}
 	dst[size - 1] = '\0';
+}
+
+/*
+ * Hash tables keyed by a NUL-terminated string that the entry points to
+ * (its first field, a char *): the queue's per-transaction dedup, the
+ * worker's pending redeletes, verify()'s sets of keys.  dynahash's
+ * HASH_STRINGS wants the characters inside the entry, of a fixed size;
+ * keys here are any length.
+ */
+static uint32
+cstring_ptr_hash(const void *key, Size keysize)
+{
+	const char *s = *(char *const *) key;
+
+	return hash_bytes((const unsigned char *) s, strlen(s));
+}
+
+static int
+cstring_ptr_match(const void *key1, const void *key2, Size keysize)
+{
+	return strcmp(*(char *const *) key1, *(char *const *) key2);
+}
+
+HTAB *
+ec_cstring_hash_create(const char *name, long nelem, Size entrysize,
+					   MemoryContext cxt)
+{
+	HASHCTL		ctl;
+
+	ctl.keysize = sizeof(char *);
+	ctl.entrysize = entrysize;
+	ctl.hash = cstring_ptr_hash;
+	ctl.match = cstring_ptr_match;
+	ctl.hcxt = cxt;
+	return hash_create(name, nelem, &ctl,
+					   HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
 }

@@ -126,6 +126,9 @@ extern EcShared *ec_shared;		/* NULL unless preloaded */
 
 /* entity_cache.c: the strings of EcShared, and who may write them */
 extern bool ec_am_worker(void);
+struct HTAB;
+extern struct HTAB *ec_cstring_hash_create(const char *name, long nelem,
+										   Size entrysize, MemoryContext cxt);
 extern void ec_shared_set_text(char *field, size_t size, const char *value);
 extern void ec_shared_get_text(char *dst, const char *field, size_t size);
 

@@ -88,7 +88,7 @@ static const struct
 
 /* Parse or raise an error that quotes the template and points at the fault. */
 void
-ec_parse_template(const char *text, EcTemplate *out)
+ec_template_parse_or_raise(const char *text, EcTemplate *out)
 {
 	size_t		errpos;
 	const char *err = ec_template_parse(text, strlen(text), out, &errpos);
@@ -114,7 +114,7 @@ ec_bind_template(EcBoundTemplate *bt, const char *text, TupleDesc desc)
 	bt->complete = true;
 	bt->canonical = false;
 	bt->missing = NULL;
-	ec_parse_template(text, &bt->parsed);
+	ec_template_parse_or_raise(text, &bt->parsed);
 
 	for (int i = 0; i < bt->parsed.nparts; i++)
 	{

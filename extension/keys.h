@@ -32,7 +32,7 @@ typedef struct EcBoundTemplate
 /* returns the text of column attnum, or NULL for SQL NULL */
 typedef const char *(*EcValueFn) (void *arg, AttrNumber attnum);
 
-extern void ec_parse_template(const char *text, EcTemplate *out);
+extern void ec_template_parse_or_raise(const char *text, EcTemplate *out);
 extern void ec_bind_template(EcBoundTemplate *bt, const char *text, TupleDesc desc);
 extern char *ec_template_pattern(const EcBoundTemplate *bt);
 extern bool ec_render_key(const EcBoundTemplate *bt, EcValueFn fn, void *arg,

@@ -32,7 +32,6 @@
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/tuptable.h"
-#include "common/hashfn.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/hsearch.h"
@@ -86,20 +85,6 @@ static SubTransactionId first_subid = InvalidSubTransactionId;
 static MemoryContext xact_cxt = NULL;
 static HTAB *queued_keys = NULL;
 static SubTransactionId max_subid = InvalidSubTransactionId;
-
-static uint32
-queued_key_hash(const void *key, Size keysize)
-{
-	const char *s = *(char *const *) key;
-
-	return hash_bytes((const unsigned char *) s, strlen(s));
-}
-
-static int
-queued_key_match(const void *key1, const void *key2, Size keysize)
-{
-	return strcmp(*(char *const *) key1, *(char *const *) key2);
-}
 
 static void
 reset_xact_state(void)
@@ -330,19 +315,11 @@ remember_key(char op, const char *key)
 
 	if (queued_keys == NULL)
 	{
-		HASHCTL		ctl;
-
 		xact_cxt = AllocSetContextCreate(TopTransactionContext,
 										 "entity_cache queued keys",
 										 ALLOCSET_DEFAULT_SIZES);
-		ctl.keysize = sizeof(char *);
-		ctl.entrysize = sizeof(QueuedKey);
-		ctl.hash = queued_key_hash;
-		ctl.match = queued_key_match;
-		ctl.hcxt = xact_cxt;
-		queued_keys = hash_create("entity_cache queued keys", 64, &ctl,
-								  HASH_ELEM | HASH_FUNCTION | HASH_COMPARE |
-								  HASH_CONTEXT);
+		queued_keys = ec_cstring_hash_create("entity_cache queued keys", 64,
+											 sizeof(QueuedKey), xact_cxt);
 		/* the first key moves in (unless a rolled-back savepoint dropped it) */
 		if (first_key != NULL)
 		{

@@ -642,17 +642,14 @@ unlink_keys(void *arg, int n, const char *const *keys, const size_t *lens,
 {
 	for (int i = 0; i < n; i++)
 		ec_cluster_append(2, (const char *[]) {"UNLINK", keys[i]}, (size_t[]) {6, lens[i]});
-	if (!ec_cluster_read_replies(err))
-		return false;
-	*(uint64 *) arg += n;
-	return true;
+	return ec_cluster_read_replies(err);
 }
 
 bool
-ec_cluster_flush_pattern(const char *pattern, size_t len, uint64 *nkeys,
+ec_cluster_flush_pattern(const char *pattern, size_t len,
 						 StringInfo err)
 {
-	return ec_cluster_scan(pattern, len, unlink_keys, nkeys, err);
+	return ec_cluster_scan(pattern, len, unlink_keys, NULL, err);
 }
 
 /*

@@ -74,8 +74,7 @@ typedef bool (*EcClusterKeysFn) (void *arg, int n, const char *const *keys,
 extern bool ec_cluster_scan(const char *pattern, size_t len, EcClusterKeysFn fn,
 							void *arg, StringInfo err);
 
-/* SCAN MATCH pattern + UNLINK on every primary; adds to *nkeys. */
-extern bool ec_cluster_flush_pattern(const char *pattern, size_t len,
-									 uint64 *nkeys, StringInfo err);
+/* SCAN MATCH pattern + UNLINK on every primary. */
+extern bool ec_cluster_flush_pattern(const char *pattern, size_t len, StringInfo err);
 
 #endif							/* EC_CLUSTER_H */

@@ -55,8 +55,6 @@
 /* keys per UNLINK command in delete mode */
 #define UNLINK_CHUNK 1000
 
-typedef EcQueueRow QueueRow;
-
 /*
  * A prepared row lookup for refresh mode, per (relation, template): the
  * placeholders' columns compared with typed parameters, whose values are
@@ -91,8 +89,12 @@ static MemoryContext batch_cxt = NULL;
 static ItemPointerData watermark;
 static Oid	watermark_relid = InvalidOid;	/* the queue it is a TID of */
 
-/* when the pass that the watermark is part of started */
-static TimestampTz pass_started = 0;
+/*
+ * When the pass that the watermark is part of started: once the pass
+ * completes, everything committed before this is in Redis, and it becomes
+ * the worker's drained_as_of (what sync() waits for).
+ */
+static TimestampTz pass_drained_as_of = 0;
 
 /*
  * Read up to batch_size queue rows visible to the transaction's snapshot,
@@ -102,13 +104,13 @@ static TimestampTz pass_started = 0;
  * locking each row would double the WAL.
  */
 static int
-fetch_rows(Relation rel, int batch_size, bool want_lookup, QueueRow **rows_out)
+fetch_rows(Relation rel, int batch_size, bool want_lookup, EcQueueRow **rows_out)
 {
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
 	ItemPointerData mintid;
 	ItemPointerData maxtid;
 	TableScanDesc scan;
-	QueueRow   *rows;
+	EcQueueRow   *rows;
 	int			n = 0;
 
 	if (ItemPointerIsValid(&watermark))
@@ -118,12 +120,12 @@ fetch_rows(Relation rel, int batch_size, bool want_lookup, QueueRow **rows_out)
 		ItemPointerSet(&mintid, 0, FirstOffsetNumber);
 	ItemPointerSet(&maxtid, MaxBlockNumber, MaxOffsetNumber);
 
-	rows = MemoryContextAlloc(batch_cxt, sizeof(QueueRow) * batch_size);
+	rows = MemoryContextAlloc(batch_cxt, sizeof(EcQueueRow) * batch_size);
 	scan = table_beginscan_tidrange(rel, GetActiveSnapshot(), &mintid, &maxtid);
 	while (n < batch_size &&
 		   table_scan_getnextslot_tidrange(scan, ForwardScanDirection, slot))
 	{
-		QueueRow   *r = &rows[n++];
+		EcQueueRow   *r = &rows[n++];
 		MemoryContext old = MemoryContextSwitchTo(batch_cxt);
 		text	   *k;
 
@@ -173,7 +175,7 @@ fetch_rows(Relation rel, int batch_size, bool want_lookup, QueueRow **rows_out)
  * key; a row without a key (a hand-made one) has nothing to wait for.
  */
 static bool
-row_applied(QueueRow *rows, int i)
+row_applied(EcQueueRow *rows, int i)
 {
 	if (rows[i].dup_of >= 0)
 		return rows[rows[i].dup_of].applied;
@@ -185,7 +187,7 @@ row_applied(QueueRow *rows, int i)
  * superuser emptying the queue by hand) is simply gone already.
  */
 static void
-delete_rows(Relation rel, QueueRow *rows, int n)
+delete_rows(Relation rel, EcQueueRow *rows, int n)
 {
 	CommandId	cid = GetCurrentCommandId(true);
 
@@ -308,7 +310,7 @@ get_lookup(Relation rel, const char *template)
  * looked up at all: the table is gone, a value does not read back.
  */
 static char *
-lookup_json(QueueRow *r)
+lookup_json(EcQueueRow *r)
 {
 	Lookup	   *l;
 	Relation	rel;
@@ -361,7 +363,7 @@ lookup_json(QueueRow *r)
  * context) and no JSON kept.
  */
 static bool
-lookup_range(QueueRow *rows, int from, int to, char **jsons, ErrorData **edata)
+lookup_range(EcQueueRow *rows, int from, int to, char **jsons, ErrorData **edata)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
@@ -406,7 +408,7 @@ lookup_range(QueueRow *rows, int from, int to, char **jsons, ErrorData **edata)
  * and a count in status.refresh_failed, and the rest are refreshed.
  */
 static void
-lookup_all(QueueRow *rows, int n, char **jsons)
+lookup_all(EcQueueRow *rows, int n, char **jsons)
 {
 	ErrorData  *edata = NULL;
 
@@ -434,7 +436,7 @@ lookup_all(QueueRow *rows, int n, char **jsons)
  * kept (each pattern is flushed once anyway, and there are few).
  */
 static void
-collapse_duplicates(QueueRow *rows, int n)
+collapse_duplicates(EcQueueRow *rows, int n)
 {
 	HASHCTL		ctl;
 	HTAB	   *seen;
@@ -497,7 +499,7 @@ cmp_slot(const void *a, const void *b)
  * the rows of the others can still go.
  */
 static bool
-apply_keys_cluster(QueueRow *rows, int n, char **jsons, const char *ttl,
+apply_keys_cluster(EcQueueRow *rows, int n, char **jsons, const char *ttl,
 				   StringInfo err)
 {
 	int		   *order = palloc(sizeof(int) * 2 * n);	/* (slot, row) pairs */
@@ -572,7 +574,7 @@ apply_keys_cluster(QueueRow *rows, int n, char **jsons, const char *ttl,
 }
 
 static bool
-apply_rows(QueueRow *rows, int n, StringInfo err)
+apply_rows(EcQueueRow *rows, int n, StringInfo err)
 {
 	bool		refresh = (ec_mode == EC_MODE_REFRESH);
 	char	  **jsons = MemoryContextAllocZero(batch_cxt, sizeof(char *) * n);
@@ -580,7 +582,6 @@ apply_rows(QueueRow *rows, int n, StringInfo err)
 	size_t	   *argvlen = MemoryContextAlloc(batch_cxt, sizeof(size_t) * (UNLINK_CHUNK + 1));
 	int			nargs = 0;
 	char		ttl[16];
-	uint64		flushed = 0;
 	bool		need_lookup = false;
 
 	snprintf(ttl, sizeof(ttl), "%d", ec_ttl);
@@ -595,7 +596,7 @@ apply_rows(QueueRow *rows, int n, StringInfo err)
 	{
 		if (rows[i].op != EC_OP_FLUSH || rows[i].key == NULL)
 			continue;
-		if (!ec_redis_flush_pattern(rows[i].key, rows[i].keylen, &flushed, err))
+		if (!ec_redis_flush_pattern(rows[i].key, rows[i].keylen, err))
 			return false;
 		rows[i].applied = true;
 	}
@@ -703,7 +704,7 @@ notify_queue_filling(void)
  * notification finds it clean.
  */
 static void
-notify_applied(QueueRow *rows, int n)
+notify_applied(EcQueueRow *rows, int n)
 {
 	static bool said_skipping = false;
 	uint64		nkeys = 0;
@@ -748,6 +749,34 @@ open_queue(void)
 }
 
 /*
+ * After Redis answered: remove the rows it acknowledged (one node: all or
+ * nothing; a cluster: the rows whose key's owner acknowledged them), tell
+ * listeners, and schedule the second application.  Returns how many rows
+ * were removed.
+ */
+static int
+remove_applied(Relation rel, EcQueueRow *rows, int n, bool all_ok)
+{
+	int			nremoved = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		if (all_ok)
+			rows[i].applied = true;
+		if (row_applied(rows, i))
+			nremoved++;
+	}
+	if (nremoved > 0)
+	{
+		delete_rows(rel, rows, n);
+		notify_applied(rows, n);
+		/* what a racing cache-aside reader may have undone, do once more */
+		ec_redelete_schedule(rows, n);
+	}
+	return nremoved;
+}
+
+/*
  * Apply one batch.  *drained_as_of is set (else left alone) when the batch
  * ends a pass over the whole table: every row visible to a snapshot taken
  * after the pass started has been seen by one of its batches, so
@@ -758,7 +787,7 @@ EcDrainResult
 ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 			   StringInfo err)
 {
-	QueueRow   *rows;
+	EcQueueRow   *rows;
 	int			n;
 	bool		ok;
 	int			nremoved = 0;
@@ -771,7 +800,7 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 
 	/* before the snapshot: it sees every commit that finished by then */
 	if (!ItemPointerIsValid(&watermark))
-		pass_started = GetCurrentTimestamp();
+		pass_drained_as_of = GetCurrentTimestamp();
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 
@@ -786,7 +815,7 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	{
 		ItemPointerSetInvalid(&watermark);
 		watermark_relid = RelationGetRelid(rel);
-		pass_started = GetCurrentTimestamp();	/* still before the snapshot */
+		pass_drained_as_of = GetCurrentTimestamp();	/* still before the snapshot */
 	}
 	if (!ec_queue_shape_ok(RelationGetDescr(rel)))
 	{
@@ -802,21 +831,7 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	PushActiveSnapshot(GetTransactionSnapshot());
 	n = fetch_rows(rel, batch_size, ec_mode == EC_MODE_REFRESH, &rows);
 	ok = (n == 0) || apply_rows(rows, n, err);
-	for (int i = 0; i < n; i++)
-	{
-		/* one node: all or nothing; a cluster: what its owner acknowledged */
-		if (ok)
-			rows[i].applied = true;
-		if (row_applied(rows, i))
-			nremoved++;
-	}
-	if (nremoved > 0)
-	{
-		delete_rows(rel, rows, n);
-		notify_applied(rows, n);
-		/* what a racing cache-aside reader may have undone, do once more */
-		ec_redelete_schedule(rows, n);
-	}
+	nremoved = remove_applied(rel, rows, n, ok);
 	table_close(rel, NoLock);
 
 	if (ok && n == batch_size)
@@ -842,7 +857,7 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	}
 	*napplied = n;
 	if (n < batch_size)
-		*drained_as_of = pass_started;
+		*drained_as_of = pass_drained_as_of;
 
 	/* not in the middle of a backlog: there the watermark skips the dead */
 	removed_since_vacuum += n;

@@ -33,7 +33,6 @@
 
 #include "entity_cache.h"
 
-#include "common/hashfn.h"
 #include "lib/ilist.h"
 #include "utils/array.h"
 #include "utils/hsearch.h"
@@ -60,20 +59,6 @@ static HTAB *pending = NULL;
 static dlist_head order = DLIST_STATIC_INIT(order);
 static MemoryContext redelete_cxt = NULL;
 
-static uint32
-key_hash(const void *key, Size keysize)
-{
-	const char *k = *(char *const *) key;
-
-	return hash_bytes((const unsigned char *) k, strlen(k));
-}
-
-static int
-key_match(const void *key1, const void *key2, Size keysize)
-{
-	return strcmp(*(char *const *) key1, *(char *const *) key2);
-}
-
 static void
 publish_count(void)
 {
@@ -87,17 +72,10 @@ publish_count(void)
 static void
 init_pending(void)
 {
-	HASHCTL		ctl;
-
 	redelete_cxt = AllocSetContextCreate(TopMemoryContext, "entity_cache redelete",
 										 ALLOCSET_DEFAULT_SIZES);
-	ctl.keysize = sizeof(char *);
-	ctl.entrysize = sizeof(Pending);
-	ctl.hash = key_hash;
-	ctl.match = key_match;
-	ctl.hcxt = redelete_cxt;
-	pending = hash_create("entity_cache redelete", 1024, &ctl,
-						  HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	pending = ec_cstring_hash_create("entity_cache redelete", 1024, sizeof(Pending),
+									 redelete_cxt);
 }
 
 /*

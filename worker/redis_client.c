@@ -616,6 +616,21 @@ check_sentinel_guard(bool waited, StringInfo err)
 }
 
 /*
+ * Send what was appended to the one connection and read every reply; on
+ * failure the connection is dropped (its stream may hold half a reply).
+ */
+static bool
+exchange(StringInfo err)
+{
+	if (ec_conn_exchange(&conn, 1, ec_deadline_after(cur_timeout_ms)))
+		return true;
+	appendStringInfo(err, "Redis connection failed while reading replies: %s",
+					 ec_conn_error(conn));
+	ec_redis_disconnect();
+	return false;
+}
+
+/*
  * Read the replies of every appended command.  All are read even after an
  * error reply, so the connection stays in step; the first error is kept.
  */
@@ -636,13 +651,8 @@ ec_redis_read_replies(StringInfo err)
 	waited = guard && cur_replicas > 0;
 	if (guard)
 		append_sentinel_guard();
-	if (!ec_conn_exchange(&conn, 1, ec_deadline_after(cur_timeout_ms)))
-	{
-		appendStringInfo(err, "Redis connection failed while reading replies: %s",
-						 ec_conn_error(conn));
-		ec_redis_disconnect();
+	if (!exchange(err))
 		return false;
-	}
 	for (int i = 0; i < n; i++)
 	{
 		redisReply *reply = ec_conn_take_reply(conn);
@@ -741,7 +751,6 @@ scan_all(const char *pattern, size_t len, ScanPageFn page_cb, void *arg,
 static bool
 unlink_page(void *arg, const redisReply *keys, StringInfo err)
 {
-	uint64	   *nkeys = arg;
 	const char **uargv;
 	size_t	   *uargvlen;
 
@@ -757,19 +766,17 @@ unlink_page(void *arg, const redisReply *keys, StringInfo err)
 		uargvlen[i + 1] = keys->element[i]->len;
 	}
 	ec_redis_append(keys->elements + 1, uargv, uargvlen);
-	*nkeys += keys->elements;
 	pfree(uargv);
 	pfree(uargvlen);
 	return ec_redis_read_replies(err);
 }
 
 bool
-ec_redis_flush_pattern(const char *pattern, size_t len, uint64 *nkeys,
-					   StringInfo err)
+ec_redis_flush_pattern(const char *pattern, size_t len, StringInfo err)
 {
 	if (ec_cluster_active())
-		return ec_cluster_flush_pattern(pattern, len, nkeys, err);
-	return scan_all(pattern, len, unlink_page, nkeys, err);
+		return ec_cluster_flush_pattern(pattern, len, err);
+	return scan_all(pattern, len, unlink_page, NULL, err);
 }
 
 /* A GET's reply as values[i] (NULL for a missing key); false on an error. */
@@ -849,13 +856,8 @@ ec_redis_get_many(int n, const char *const *keys, const size_t *keylens,
 
 		ec_redis_append(2, argv, argvlen);
 	}
-	if (!ec_conn_exchange(&conn, 1, ec_deadline_after(cur_timeout_ms)))
-	{
-		appendStringInfo(err, "Redis connection failed while reading replies: %s",
-						 ec_conn_error(conn));
-		ec_redis_disconnect();
+	if (!exchange(err))
 		return false;
-	}
 	for (int i = 0; i < n; i++)
 	{
 		redisReply *reply = ec_conn_take_reply(conn);

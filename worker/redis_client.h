@@ -27,9 +27,8 @@ extern bool ec_redis_is_connected(void);
 extern void ec_redis_append(int argc, const char **argv, const size_t *argvlen);
 extern bool ec_redis_read_replies(StringInfo err);
 
-/* SCAN MATCH pattern + UNLINK of what matches; adds to *nkeys. */
-extern bool ec_redis_flush_pattern(const char *pattern, size_t len,
-								   uint64 *nkeys, StringInfo err);
+/* SCAN MATCH pattern + UNLINK of what matches. */
+extern bool ec_redis_flush_pattern(const char *pattern, size_t len, StringInfo err);
 
 /*
  * For verify() (a backend's own connection): GET each of n keys in one
