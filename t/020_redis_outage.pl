@@ -18,8 +18,7 @@ my $timeout_ms = 1000;
 my $max_write_ms = 500;
 
 my $redis = start_redis(persist => 1);
-# stale values are planted right after applications: no redelete (see new_node)
-my $node = new_node('outage', $redis, no_redelete => 1);
+my $node = new_node('outage', $redis);
 $node->safe_psql('postgres',
 	'CREATE TABLE public.write_runs (run text, failures int, max_ms float8, total_ms float8)');
 

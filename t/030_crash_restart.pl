@@ -16,8 +16,7 @@ my $nkeys = 50_000;
 my $redis = start_redis(persist => 1);
 # small batches: the drain of the backlog takes long enough to be interrupted
 # the test framework turns restart_after_crash off; production default is on
-# stale values are planted right after applications: no redelete (see new_node)
-my $node = new_node('crash', $redis, no_redelete => 1,
+my $node = new_node('crash', $redis,
 	conf => "entity_cache.batch_size = 100\nrestart_after_crash = on\n");
 
 my $glob = 'entity:metadata:k*';

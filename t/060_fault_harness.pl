@@ -101,8 +101,8 @@ my $redis = start_redis(persist => 1, $tls ? (tls => { cert => $certs->{server},
 	key => $certs->{server_key}, ca => $certs->{ca}, plain_port => 1 }) : ());
 # the test framework turns restart_after_crash off; production default is on
 # the cache is filled and values planted right after applications: no
-# redelete (see new_node)
-my $node = new_node('primary', $redis, no_redelete => 1, init => { allows_streaming => 1 },
+# redelete (new_node's default)
+my $node = new_node('primary', $redis, init => { allows_streaming => 1 },
 	conf => "entity_cache.redis_timeout = 500\nrestart_after_crash = on\n");
 
 sub write_file

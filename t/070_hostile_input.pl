@@ -13,8 +13,7 @@ use Test::More;
 use EntityCacheTest;
 
 my $redis = start_redis();
-# fixtures are planted right after applications: no redelete (see new_node)
-my $node = new_node('hostile', $redis, no_redelete => 1);
+my $node = new_node('hostile', $redis);
 
 $node->safe_psql('postgres', q{
 	CREATE TABLE app.hostile (id int PRIMARY KEY, k text);

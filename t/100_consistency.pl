@@ -15,7 +15,7 @@ use Time::HiRes qw(time usleep);
 use EntityCacheTest;
 
 my $redis = start_redis();
-my $node = new_node('main', $redis);
+my $node = new_node('main', $redis, redelete => 1);
 my $db = 'postgres';
 
 sub psql { return $node->safe_psql($db, $_[0]); }

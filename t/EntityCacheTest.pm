@@ -400,11 +400,13 @@ sub redis_url
 }
 
 # new_node($name, $redis, conf => "extra lines", no_schema => 1,
-#          no_redelete => 1)
-# no_redelete turns entity_cache.redelete_delay off, for suites that plant
-# values in Redis right after the worker applied a key and check what the
-# worker does next: a redelete would remove them 100 ms later, as it would
-# a racing reader's (t/100_consistency.pl tests that).
+#          redelete => 1)
+# Without redelete, entity_cache.redelete_delay is 0: the suites plant
+# values in Redis right after the worker applied a key (a stale cache, a
+# fixture) and check what the worker does next, and a redelete would remove
+# them 100 ms later, as it would a racing reader's, at a moment that depends
+# on the machine's speed.  t/100_consistency.pl tests the redelete, with
+# the default setting (redelete => 1).
 sub new_node
 {
 	my ($name, $redis, %opts) = @_;
@@ -417,7 +419,7 @@ shared_preload_libraries = 'entity_cache'
 entity_cache.database = 'postgres'
 entity_cache.redis_url = '$url'
 entity_cache.redis_timeout = 1000
-$ca} . ($opts{no_redelete} ? "entity_cache.redelete_delay = 0\n" : '') . ($opts{conf} // ''));
+$ca} . ($opts{redelete} ? '' : "entity_cache.redelete_delay = 0\n") . ($opts{conf} // ''));
 	$node->start;
 	unless ($opts{no_schema})
 	{
