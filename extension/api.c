@@ -211,7 +211,7 @@ static int
 queue_spi_rows(EcQueueWriter *w, EcBoundTemplate *bt, Oid relid,
 			   const char *watch_arg, StringInfo key)
 {
-	int			nest = bt->canonical ? ec_canonical_begin() : 0;
+	int			nest = ec_render_begin(bt, 1);
 	int			n = 0;
 
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -225,8 +225,7 @@ queue_spi_rows(EcQueueWriter *w, EcBoundTemplate *bt, Oid relid,
 			n++;
 		}
 	}
-	if (bt->canonical)
-		ec_canonical_end(nest);
+	ec_canonical_end(nest);
 	return n;
 }
 

@@ -76,8 +76,7 @@ capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate **stores, int nstor
 	MemoryContext oldcxt;
 	SlotValues	sv;
 	StringInfoData key;
-	bool		canonical = false;
-	int			nest = 0;
+	int			nest;
 
 	/*
 	 * Only refresh mode needs to find the row again; in delete mode the
@@ -94,10 +93,7 @@ capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate **stores, int nstor
 	 * Keys render under fixed settings (keys.c), switched to only when a
 	 * template's column has a type whose text depends on them.
 	 */
-	for (int i = 0; i < nbts; i++)
-		canonical |= bts[i].complete && bts[i].canonical;
-	if (canonical)
-		nest = ec_canonical_begin();
+	nest = ec_render_begin(bts, nbts);
 
 	for (int s = 0; s < nstores; s++)
 	{
@@ -129,8 +125,7 @@ capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate **stores, int nstor
 		}
 	}
 
-	if (canonical)
-		ec_canonical_end(nest);
+	ec_canonical_end(nest);
 	ExecDropSingleTupleTableSlot(slot);
 	MemoryContextDelete(rowcxt);
 }

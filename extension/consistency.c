@@ -80,6 +80,7 @@ entity_cache_warm(PG_FUNCTION_ARGS)
 	Portal		cursor;
 	StringInfoData key;
 	int64		nrows = 0;
+	int			nest = 0;
 	MemoryContext rowcxt;
 
 	if (PG_ARGISNULL(0))
@@ -106,9 +107,13 @@ entity_cache_warm(PG_FUNCTION_ARGS)
 		if (SPI_processed == 0)
 			break;
 		if (nrows == 0)
+		{
 			for (int t = 0; t < nt; t++)
 				ec_bind_template(&bts[t], ((EcWatched *) list_nth(wts, t))->template,
 								 SPI_tuptable->tupdesc);
+			/* the keys the capture trigger would render, whatever our settings */
+			nest = ec_render_begin(bts, nt);
+		}
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			EcSpiRow	r = {SPI_tuptable->vals[i], SPI_tuptable->tupdesc};
@@ -129,6 +134,7 @@ entity_cache_warm(PG_FUNCTION_ARGS)
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
+	ec_canonical_end(nest);
 	ec_queue_close(w);
 	SPI_cursor_close(cursor);
 	SPI_finish();
@@ -441,6 +447,7 @@ entity_cache_verify(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	Verify		v;
 	MemoryContext keep = CurrentMemoryContext;
+	int			nest;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -468,6 +475,11 @@ entity_cache_verify(PG_FUNCTION_ARGS)
 	}
 	v.seen = string_set("entity_cache verify keys");
 
+	/*
+	 * Keys and values as the capture trigger and the worker render them,
+	 * whatever the caller's settings (an error undoes the switch).
+	 */
+	nest = ec_canonical_begin();
 	PG_TRY();
 	{
 		verify_all(&v, keep);
@@ -477,6 +489,7 @@ entity_cache_verify(PG_FUNCTION_ARGS)
 		ec_redis_disconnect();
 	}
 	PG_END_TRY();
+	ec_canonical_end(nest);
 
 	if (PG_GETARG_BOOL(1))
 		queue_repairs(&v);

@@ -367,6 +367,21 @@ ec_canonical_begin(void)
 	return nest;
 }
 
+/*
+ * Begin rendering the keys of these bound templates: the canonical
+ * settings if any renderable one has a column whose text depends on them
+ * (decided once per template, so a template over text or integer columns
+ * costs nothing per row).  End with ec_canonical_end().
+ */
+int
+ec_render_begin(const EcBoundTemplate *bts, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (bts[i].complete && bts[i].canonical)
+			return ec_canonical_begin();
+	return 0;
+}
+
 void
 ec_canonical_end(int nest)
 {

@@ -59,6 +59,7 @@ extern EcWatched *ec_split_watch_arg(const char *arg);
 extern List *ec_watched_templates(Relation rel);
 extern bool ec_type_needs_canonical(Oid typid);
 extern int	ec_canonical_begin(void);
+extern int	ec_render_begin(const EcBoundTemplate *bts, int n);
 extern void ec_canonical_end(int nest);
 extern void ec_canonical_settings(void);
 

@@ -170,6 +170,15 @@ UPDATE app.typed SET i = 9;
 SHOW DateStyle;
 SELECT op, key FROM take_queue() ORDER BY key;
 RESET ALL;
+-- warm() renders the same keys, whatever the caller's settings
+SET TimeZone = 'Asia/Tokyo';
+SET DateStyle = 'SQL, DMY';
+SET IntervalStyle = 'sql_standard';
+SET extra_float_digits = -3;
+SET bytea_output = 'escape';
+SELECT entity_cache.warm('app.typed');
+SELECT op, key FROM take_queue() ORDER BY key;
+RESET ALL;
 -- what an application does to build the same text: the same settings
 SET TimeZone = 'UTC';
 SET DateStyle = 'ISO';
