@@ -39,6 +39,7 @@ int			ec_redis_timeout_ms = 2000;
 double		ec_batch_delay_ms = 1.0;
 int			ec_notify = EC_NOTIFY_APPLIED;
 int			ec_redelete_delay_ms = 100;
+int			ec_redelete_steps = 4;
 
 /* TLS and Sentinel (issue 11) */
 char	   *ec_redis_tls_ca_file = NULL;
@@ -348,6 +349,18 @@ define_apply_gucs(void)
 							100, 0, 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("entity_cache.redelete_steps",
+							"How many times every promptly applied key is applied again within redelete_delay.",
+							"At redelete_delay, half of it, a quarter, ...: a racing reader's stale value "
+							"lives no longer than it took to land after the invalidation.  1 = only at "
+							"redelete_delay.  A key applied more than redelete_delay after it was queued "
+							"gets only the last.",
+							&ec_redelete_steps,
+							4, 1, EC_REDELETE_MAX_STEPS,
+							PGC_SIGHUP,
+							0,
 							NULL, NULL, NULL);
 }
 

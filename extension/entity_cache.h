@@ -63,6 +63,10 @@ extern int	ec_redis_timeout_ms;
 extern double ec_batch_delay_ms;
 extern int	ec_notify;
 extern int	ec_redelete_delay_ms;
+extern int	ec_redelete_steps;
+
+/* redelete_steps' upper bound: the first step is then delay / 128 */
+#define EC_REDELETE_MAX_STEPS 8
 
 /* GUCs: TLS and Sentinel (issue 11) */
 extern char *ec_redis_tls_ca_file;

@@ -116,22 +116,57 @@ reload_with(["entity_cache.redelete_delay = 0"]);
 is(staged_race('race', 'gone', 1500), undef,
 	'redelete off: the reader\'s stale SET survives (1.5 s)');
 
+is(psql("SHOW entity_cache.redelete_steps"), '4', 'four applications within the delay by default');
+
+# A fill that lands a few ms after the application is undone by the first
+# step (delay / 2^(steps - 1)); with one step, only at the delay.
 for my $mode ('delete', 'refresh')
 {
 	my $want = $mode eq 'delete' ? 'gone' : 'current';
-	for my $delay (100, 1000)
+	for my $setting ([ 100, 4 ], [ 1000, 4 ], [ 1000, 1 ])
 	{
-		reload_with(["entity_cache.mode = '$mode'", "entity_cache.redelete_delay = $delay"]);
+		my ($delay, $steps) = @$setting;
+		my $first = $delay / 2**($steps - 1);
+		my $what = "$mode mode, redelete_delay $delay, redelete_steps $steps";
+		reload_with([ "entity_cache.mode = '$mode'", "entity_cache.redelete_delay = $delay",
+			"entity_cache.redelete_steps = $steps" ]);
 		my $ms = staged_race('race', $want, $delay + 5000);
-		ok(defined $ms, "$mode mode, redelete_delay $delay: the stale value is undone");
-		ok(defined $ms && $ms <= $delay + 50,
-			"$mode mode, redelete_delay $delay: within the delay + 50 ms ("
+		ok(defined $ms, "$what: the stale value is undone");
+		ok(defined $ms && $ms <= $first + 50,
+			"$what: by the first step, within $first ms + 50 ms ("
 			  . (defined $ms ? sprintf('%.0f ms', $ms) : 'never') . ')');
 		# the key is not undone by anything else first
-		ok(!defined $ms || $delay < 1000 || $ms >= $delay / 2,
-			"$mode mode, redelete_delay $delay: it was the redelete, not the write");
+		ok(!defined $ms || $delay < 1000 || $ms >= $first / 2,
+			"$what: it was the redelete, not the write");
 	}
 }
+reload_with([ "entity_cache.mode = 'delete'", "entity_cache.redelete_delay = 100",
+	"entity_cache.redelete_steps = 4" ]);
+
+# How many times a key is applied: once, then once per step; a row applied
+# more than redelete_delay after it was queued (here a transaction that
+# ran on for 300 ms after its write) gets only the last step, since no
+# reader's fill can still be in flight.
+sub unlinks_for
+{
+	my ($sql) = @_;
+	settle();
+	redis_cli($redis, 'CONFIG', 'RESETSTAT');
+	psql($sql);
+	settle();
+	my ($calls) = redis_cli($redis, 'INFO', 'commandstats') =~ /cmdstat_unlink:calls=(\d+)/;
+	return $calls // 0;
+}
+is(unlinks_for(q{UPDATE app.entity SET label = label || '+' WHERE code = 'race'}), 5,
+	'a key applied promptly: UNLINKed once, then at 12.5, 25, 50 and 100 ms');
+is(unlinks_for(q{BEGIN; UPDATE app.entity SET label = label || '+' WHERE code = 'race';
+	SELECT pg_sleep(0.3); COMMIT}), 2,
+	'a key applied more than the delay after it was queued: once, then at 100 ms only');
+reload_with(["entity_cache.redelete_steps = 1"]);
+is(unlinks_for(q{UPDATE app.entity SET label = label || '+' WHERE code = 'race'}), 2,
+	'redelete_steps = 1: once, then at 100 ms');
+reload_with(["entity_cache.redelete_steps = 4"]);
+
 reload_with(["entity_cache.mode = 'delete'", "entity_cache.redelete_delay = 100"]);
 
 # pending redeletes show in status, then drain

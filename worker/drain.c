@@ -136,6 +136,8 @@ fetch_rows(Relation rel, int batch_size, bool want_lookup, EcQueueRow **rows_out
 		r->vals = (Datum) 0;
 		r->dup_of = -1;
 		r->applied = false;
+		r->queued_at = slot->tts_isnull[Anum_ec_queue_queued_at - 1] ? 0 :
+			DatumGetTimestampTz(slot->tts_values[Anum_ec_queue_queued_at - 1]);
 		if (slot->tts_isnull[Anum_ec_queue_op - 1] ||
 			slot->tts_isnull[Anum_ec_queue_key - 1])
 		{
@@ -868,17 +870,28 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 
 /*
  * Apply rows once more, outside the queue (the redeletes of redelete.c):
- * the same commands as a batch, in a transaction of their own because
- * refresh mode and writes read the rows again.
+ * the same commands as a batch.  Refresh mode and writes read the rows
+ * again, in a transaction of their own; UNLINKs alone need none, and
+ * skipping it keeps a redelete's round trip short, which is what a commit
+ * arriving meanwhile waits for.
  */
 bool
 ec_apply_again(EcQueueRow *rows, int n, StringInfo err)
 {
 	bool		ok;
+	bool		reads_rows = (ec_mode == EC_MODE_REFRESH);
 
 	if (batch_cxt == NULL)
 		batch_cxt = AllocSetContextCreate(TopMemoryContext, "entity_cache batch",
 										  ALLOCSET_DEFAULT_SIZES);
+	for (int i = 0; i < n && !reads_rows; i++)
+		reads_rows = (rows[i].op == EC_OP_WRITE);
+	if (!reads_rows)
+	{
+		ok = apply_rows(rows, n, err);
+		MemoryContextReset(batch_cxt);
+		return ok;
+	}
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	pgstat_report_activity(STATE_RUNNING, "entity_cache redelete");

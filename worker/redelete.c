@@ -1,29 +1,43 @@
 /*-------------------------------------------------------------------------
  *
  * redelete.c
- *	  The second application of every key, redelete_delay after the first.
+ *	  Apply every key again after the worker applied it: at
+ *	  redelete_delay, and for a key applied promptly also at half of it, a
+ *	  quarter, ... (redelete_steps applications in all).
  *
  * A cache-aside reader that read the old row just before a write committed
  * and SETs it just after the worker's UNLINK leaves a stale value for the
- * whole TTL.  Applying the key once more after the delay (UNLINK again in
- * delete mode, read the row again and SET it in refresh mode) removes that
- * value, provided the reader's read-to-SET window is shorter than the delay.
+ * whole TTL.  Applying the key once more (UNLINK again in delete mode, read
+ * the row again and SET it in refresh mode) removes that value, provided
+ * the reader's read-to-SET window is shorter than redelete_delay.  One
+ * application at the delay leaves such a value up to the whole delay, even
+ * when it landed a millisecond after the invalidation, which is when most
+ * racing fills land.  Halving steps remove a value that landed x ms after
+ * the invalidation by the first step after x: it lives less than x (at
+ * least the first step, delay / 2^(steps-1)), at one UNLINK per step.
+ *
+ * The early steps are only for keys applied promptly: a reader can only
+ * race the invalidation with a row read before the commit, so when the
+ * worker applies a row more than redelete_delay after it was queued (a
+ * backlog, an outage), any such fill landed before the invalidation, and
+ * it gets only the last application, which the contract promises for
+ * every key.  A backlog drain then costs one extra UNLINK per key, not
+ * redelete_steps.
  *
  * Pending redeletes live in this process's memory only: a worker restart
- * or a server crash loses those not yet due, i.e. the redeletes of keys
+ * or a server crash loses those not yet done, i.e. the redeletes of keys
  * applied during the last redelete_delay before the restart (the README
  * says so).  Keeping them in the queue would double the queue's WAL for a
  * window of at most one second.
  *
  * Per key (and op: a flush pattern is not the key of the same text) there
- * is at most one pending entry: a key applied again while its
- * redelete is pending moves to the back of the line with a new due time
- * (the new application starts a new race window, and the old window ends
- * with the new application, which removes what a racer SET meanwhile).
- * Entries are kept in the order they were scheduled, which is the order of
- * their due times while the delay is unchanged.  Past MAX_PENDING entries
- * the oldest are applied early rather than remembered: memory stays
- * bounded under a write storm over many distinct keys.
+ * is at most one pending entry, in a hash table by key and in a pairing
+ * heap by due time.  A key applied again while an entry is pending starts
+ * over at the first step: the new application starts a new race window,
+ * and the old window ends with it (it removes what a racer SET
+ * meanwhile).  Past MAX_PENDING entries the earliest due are applied early,
+ * once, and forgotten: memory stays bounded under a write storm over many
+ * distinct keys.
  *
  *-------------------------------------------------------------------------
  */
@@ -33,7 +47,7 @@
 
 #include "entity_cache.h"
 
-#include "lib/ilist.h"
+#include "lib/pairingheap.h"
 #include "utils/array.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
@@ -51,12 +65,14 @@ typedef struct Pending
 {
 	char	   *key;			/* hash key: the op, then row.key, NUL-terminated */
 	EcQueueRow	row;			/* what to apply again; its strings are ours */
-	TimestampTz due;
-	dlist_node	node;			/* in schedule order */
+	TimestampTz applied_at;		/* the queue row's application */
+	int			step;			/* the next step: 0 .. steps - 1 */
+	TimestampTz due;			/* of that step */
+	pairingheap_node ph_node;	/* in the heap by due */
 } Pending;
 
 static HTAB *pending = NULL;
-static dlist_head order = DLIST_STATIC_INIT(order);
+static pairingheap *by_due = NULL;
 static MemoryContext redelete_cxt = NULL;
 
 static void
@@ -69,6 +85,16 @@ publish_count(void)
 	SpinLockRelease(&ec_shared->mutex);
 }
 
+/* pairingheap is a max-heap: the earliest due compares greatest */
+static int
+due_cmp(const pairingheap_node *a, const pairingheap_node *b, void *arg)
+{
+	TimestampTz da = pairingheap_const_container(Pending, ph_node, a)->due;
+	TimestampTz db = pairingheap_const_container(Pending, ph_node, b)->due;
+
+	return (da < db) ? 1 : (da > db) ? -1 : 0;
+}
+
 static void
 init_pending(void)
 {
@@ -76,10 +102,32 @@ init_pending(void)
 										 ALLOCSET_DEFAULT_SIZES);
 	pending = ec_cstring_hash_create("entity_cache redelete", 1024, sizeof(Pending),
 									 redelete_cxt);
+	by_due = MemoryContextAllocZero(redelete_cxt, sizeof(pairingheap));
+	by_due->ph_compare = due_cmp;
 }
 
 /*
- * The strings of an entry are freed one by one when it is applied: the
+ * When step (of steps) of a key applied at applied_at falls due: the last
+ * at redelete_delay, each earlier one at half the next.  Settings changed
+ * by a reload apply from the next step on.
+ */
+static TimestampTz
+step_due(TimestampTz applied_at, int step)
+{
+	int			steps = Max(ec_redelete_steps, 1);
+	int			halvings = Max(steps - 1 - step, 0);
+
+	return applied_at + ((TimestampTz) ec_redelete_delay_ms * 1000) / (1 << halvings);
+}
+
+static bool
+is_last_step(int step)
+{
+	return step >= ec_redelete_steps - 1;
+}
+
+/*
+ * The strings of an entry are freed one by one when it is done: the
  * table lives as long as the worker, and entries come and go continuously,
  * so no context could be reset as a whole.
  */
@@ -111,16 +159,27 @@ copy_row(EcQueueRow *dst, const EcQueueRow *src)
 	MemoryContextSwitchTo(old);
 }
 
+static void
+forget(Pending *p)
+{
+	EcQueueRow	r = p->row;
+
+	hash_search(pending, &p->key, HASH_REMOVE, NULL);
+	free_row(&r);
+}
+
 void
 ec_redelete_schedule(EcQueueRow *rows, int n)
 {
-	TimestampTz due;
+	TimestampTz now;
+	TimestampTz prompt_after;
 
 	if (ec_redelete_delay_ms <= 0)
 		return;
 	if (pending == NULL)
 		init_pending();
-	due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ec_redelete_delay_ms);
+	now = GetCurrentTimestamp();
+	prompt_after = TimestampTzPlusMilliseconds(now, -ec_redelete_delay_ms);
 
 	for (int i = 0; i < n; i++)
 	{
@@ -138,13 +197,16 @@ ec_redelete_schedule(EcQueueRow *rows, int n)
 		p = hash_search(pending, &hashkey, HASH_ENTER, &found);
 		if (found)
 		{
-			dlist_delete(&p->node);
+			pairingheap_remove(by_due, &p->ph_node);
 			free_row(&p->row);
 		}
 		p->row = copy;
 		p->key = hashkey;
-		p->due = due;
-		dlist_push_tail(&order, &p->node);
+		p->applied_at = now;
+		/* queued longer ago than the delay: no fill can still be in flight */
+		p->step = (rows[i].queued_at >= prompt_after) ? 0 : ec_redelete_steps - 1;
+		p->due = step_due(now, p->step);
+		pairingheap_add(by_due, &p->ph_node);
 	}
 	publish_count();
 }
@@ -154,23 +216,51 @@ ec_redelete_next_wait(long max_ms)
 {
 	Pending    *head;
 	long		ms;
+	TimestampTz now;
 
-	if (pending == NULL || dlist_is_empty(&order))
+	if (pending == NULL || pairingheap_is_empty(by_due))
 		return max_ms;
 	if (hash_get_num_entries(pending) > MAX_PENDING)
 		return 0;
-	head = dlist_head_element(Pending, node, &order);
-	ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), head->due);
+	head = pairingheap_container(Pending, ph_node, pairingheap_first(by_due));
+	now = GetCurrentTimestamp();
+	ms = TimestampDifferenceMilliseconds(now, head->due);
 	/* TimestampDifferenceMilliseconds rounds down: do not wake too early */
-	if (ms > 0 || head->due > GetCurrentTimestamp())
+	if (head->due > now)
 		ms++;
 	return Min(ms, max_ms);
 }
 
 /*
- * Apply the first RUN_CHUNK due entries in one round trip and forget them.
- * On failure they stay pending and the error goes to status like any other:
- * the connection is gone then, and the worker's loop reconnects first.
+ * After a round trip of redeletes: an entry with steps left waits for the
+ * next; one done (or taken early to keep memory bounded) is forgotten.
+ * After a failure every entry goes back as it was: the connection is gone
+ * then, and the worker's loop reconnects first.
+ */
+static void
+requeue_taken(Pending **taken, bool *early, int n, bool ok)
+{
+	for (int i = 0; i < n; i++)
+	{
+		Pending    *p = taken[i];
+
+		if (ok && (early[i] || is_last_step(p->step)))
+		{
+			forget(p);
+			continue;
+		}
+		if (ok)
+		{
+			p->step++;
+			p->due = step_due(p->applied_at, p->step);
+		}
+		pairingheap_add(by_due, &p->ph_node);
+	}
+}
+
+/*
+ * Apply the first RUN_CHUNK due entries in one round trip.  Errors go to
+ * status like any other.
  */
 bool
 ec_redelete_run_due(void)
@@ -178,50 +268,43 @@ ec_redelete_run_due(void)
 	TimestampTz now = GetCurrentTimestamp();
 	EcQueueRow *rows;
 	Pending   **taken;
+	bool	   *early;
 	int			n = 0;
-	dlist_iter	it;
 	StringInfoData err;
 	bool		ok;
 
-	if (pending == NULL || dlist_is_empty(&order) || !ec_redis_is_connected())
+	if (pending == NULL || pairingheap_is_empty(by_due) || !ec_redis_is_connected())
 		return true;
 	rows = palloc(sizeof(EcQueueRow) * RUN_CHUNK);
 	taken = palloc(sizeof(Pending *) * RUN_CHUNK);
-	dlist_foreach(it, &order)
+	early = palloc(sizeof(bool) * RUN_CHUNK);
+	while (n < RUN_CHUNK && !pairingheap_is_empty(by_due))
 	{
-		Pending    *p = dlist_container(Pending, node, it.cur);
+		Pending    *p = pairingheap_container(Pending, ph_node, pairingheap_first(by_due));
+		bool		over = hash_get_num_entries(pending) - n > MAX_PENDING;
 
-		if (n == RUN_CHUNK ||
-			(p->due > now && hash_get_num_entries(pending) - n <= MAX_PENDING))
+		if (p->due > now && !over)
 			break;
+		pairingheap_remove_first(by_due);
 		rows[n] = p->row;
+		early[n] = over && p->due > now;
 		taken[n++] = p;
 	}
-	if (n == 0)
+	if (n > 0)
 	{
-		pfree(rows);
-		pfree(taken);
-		return true;
-	}
-
-	initStringInfo(&err);
-	ok = ec_apply_again(rows, n, &err);
-	if (ok)
-	{
-		for (int i = 0; i < n; i++)
-		{
-			EcQueueRow	r = taken[i]->row;
-
-			dlist_delete(&taken[i]->node);
-			hash_search(pending, &taken[i]->key, HASH_REMOVE, NULL);
-			free_row(&r);
-		}
-		publish_count();
+		initStringInfo(&err);
+		ok = ec_apply_again(rows, n, &err);
+		requeue_taken(taken, early, n, ok);
+		if (ok)
+			publish_count();
+		else
+			ec_set_error("redelete: %s", err.data);
+		pfree(err.data);
 	}
 	else
-		ec_set_error("redelete: %s", err.data);
-	pfree(err.data);
+		ok = true;
 	pfree(rows);
 	pfree(taken);
+	pfree(early);
 	return ok;
 }

@@ -42,7 +42,17 @@ const keyOf = (c) => `entity:metadata:${c}`;
 // per code: commit times of each version (index = version number)
 const commits = Object.fromEntries(codes.map((c) => [c, [0]]));
 const stats = { reads: 0, hits: 0, stale: 0, staleOver20: 0, staleOver100: 0, maxAge: 0, fills: 0,
-	readToSet: [], monitorObs: 0, monitorStale: 0 };
+	readToSet: [], monitorObs: 0, monitorStale: 0,
+	// reader hits by age of staleness (ms upper bounds; 0 = fresh) and phase
+	ageHist: { '0': 0, '1': 0, '2': 0, '5': 0, '10': 0, '20': 0, '100': 0, 'inf': 0 },
+	hitsReadOnly: 0, staleReadOnly: 0 };
+let readOnlyFrom = Infinity;
+function bucket(age) {
+	if (age <= 0) return '0';
+	for (const b of ['1', '2', '5', '10', '20', '100'])
+		if (age <= Number(b)) return b;
+	return 'inf';
+}
 
 function versionOf(value) {
 	try {
@@ -70,6 +80,11 @@ function observe(c, value, t, fromMonitor) {
 	} else {
 		stats.hits++;
 		if (age > 0) stats.stale++;
+		stats.ageHist[bucket(age)]++;
+		if (t >= readOnlyFrom) {
+			stats.hitsReadOnly++;
+			if (age > 0) stats.staleReadOnly++;
+		}
 		if (age > 20) stats.staleOver20++;
 		if (age > 100) stats.staleOver100++;
 	}
@@ -141,6 +156,7 @@ async function main() {
 	const start = now();
 	const writeEnd = start + WRITE_S * 1000;
 	const end = writeEnd + READ_ONLY_S * 1000;
+	readOnlyFrom = writeEnd;
 	await Promise.all([
 		...codes.map((c) => writer(c, WRITES_PER_S / NCODES, writeEnd)),
 		...Array.from({ length: READERS }, () => reader(end)),
@@ -157,11 +173,13 @@ async function main() {
 	const pct = (p) => (rts.length ? rts[Math.min(rts.length - 1, Math.floor(p * rts.length))] : 0);
 	const writes = codes.reduce((n, c) => n + commits[c].length - 1, 0);
 	const settings = await setup.query(`SELECT current_setting('entity_cache.mode') AS mode,
-		current_setting('entity_cache.redelete_delay') AS redelete_delay`);
+		current_setting('entity_cache.redelete_delay') AS redelete_delay,
+		current_setting('entity_cache.redelete_steps') AS redelete_steps`);
 	console.log(JSON.stringify({
 		label: process.env.LABEL || '',
 		mode: settings.rows[0].mode,
 		redelete_delay: settings.rows[0].redelete_delay,
+		redelete_steps: Number(settings.rows[0].redelete_steps),
 		writes,
 		reads: stats.reads,
 		hits: stats.hits,
@@ -175,6 +193,8 @@ async function main() {
 		monitor_stale_fraction: stats.monitorObs ? stats.monitorStale / stats.monitorObs : 0,
 		longest_stale_ms: Math.round(stats.maxAge * 10) / 10,
 		stale_keys_left: left,
+		stale_age_histogram_ms: stats.ageHist,
+		read_only_phase: { hits: stats.hitsReadOnly, stale: stats.staleReadOnly },
 		read_to_set_ms: { p50: pct(0.5), p99: pct(0.99), max: rts.length ? rts[rts.length - 1] : 0 },
 	}));
 	await setup.end();
