@@ -31,6 +31,22 @@ s.close()
 EOF
 }
 
+# apply_variant VARIANT SETTING...: ALTER SYSTEM RESET each entity_cache
+# SETTING, then, unless VARIANT is "defaults", set the comma-separated
+# name=value pairs of VARIANT (e.g. "notify=off,redelete_delay=0"); the
+# caller reloads.  How bench/drain and bench/latency compare worker settings.
+apply_variant() {
+	local variant=$1 name kv
+	shift
+	for name in "$@"; do
+		bq "ALTER SYSTEM RESET entity_cache.$name" >/dev/null
+	done
+	[ "$variant" = defaults ] && return
+	for kv in ${variant//,/ }; do
+		bq "ALTER SYSTEM SET entity_cache.${kv%%=*} = '${kv#*=}'" >/dev/null
+	done
+}
+
 # psql against the bench cluster as the postgres superuser
 bpsql() {
 	as_user env PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -h "$BENCH_DIR" -p "$PGPORT_B" -U postgres -d postgres "$@"
