@@ -341,7 +341,7 @@ define_apply_gucs(void)
 							 NULL, NULL, NULL);
 
 	DefineCustomIntVariable("entity_cache.redelete_delay",
-							"Apply every applied key once more after this delay (0 = off).",
+							"Apply every applied key again after this delay (0 = off).",
 							"UNLINK again in delete mode, read the row again and SET it in refresh "
 							"mode: a stale value that a racing cache-aside reader SET after the "
 							"first application lives at most this long.",
@@ -352,11 +352,11 @@ define_apply_gucs(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("entity_cache.redelete_steps",
-							"How many times every promptly applied key is applied again within redelete_delay.",
+							"How many times every applied key is applied again within redelete_delay.",
 							"At redelete_delay, half of it, a quarter, ...: a racing reader's stale value "
 							"lives no longer than it took to land after the invalidation.  1 = only at "
-							"redelete_delay.  A key applied more than redelete_delay after it was queued "
-							"gets only the last.",
+							"redelete_delay.  A key whose change committed more than redelete_delay before "
+							"it was applied gets none: no racing fill can still land.",
 							&ec_redelete_steps,
 							4, 1, EC_REDELETE_MAX_STEPS,
 							PGC_SIGHUP,

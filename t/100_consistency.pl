@@ -143,25 +143,40 @@ for my $mode ('delete', 'refresh')
 reload_with([ "entity_cache.mode = 'delete'", "entity_cache.redelete_delay = 100",
 	"entity_cache.redelete_steps = 4" ]);
 
-# How many times a key is applied: once, then once per step; a row applied
-# more than redelete_delay after it was queued (here a transaction that
-# ran on for 300 ms after its write) gets only the last step, since no
-# reader's fill can still be in flight.
+# How many times a key is applied: once, then once per step.  What counts
+# is the commit: a transaction that ran on for 300 ms after its write still
+# gets every step; a change applied more than redelete_delay after its
+# commit (written while Redis was unreachable) gets none, since no racing
+# fill can still land then.
 sub unlinks_for
 {
-	my ($sql) = @_;
+	my ($sql, $before, $between) = @_;
 	settle();
+	$before->() if $before;
 	redis_cli($redis, 'CONFIG', 'RESETSTAT');
 	psql($sql);
+	$between->() if $between;
 	settle();
 	my ($calls) = redis_cli($redis, 'INFO', 'commandstats') =~ /cmdstat_unlink:calls=(\d+)/;
 	return $calls // 0;
 }
 is(unlinks_for(q{UPDATE app.entity SET label = label || '+' WHERE code = 'race'}), 5,
-	'a key applied promptly: UNLINKed once, then at 12.5, 25, 50 and 100 ms');
+	'a key: UNLINKed once, then at 12.5, 25, 50 and 100 ms');
 is(unlinks_for(q{BEGIN; UPDATE app.entity SET label = label || '+' WHERE code = 'race';
-	SELECT pg_sleep(0.3); COMMIT}), 2,
-	'a key applied more than the delay after it was queued: once, then at 100 ms only');
+	SELECT pg_sleep(0.3); COMMIT}), 5,
+	'a transaction that ran on after its write: every step, counted from its commit');
+my $url = psql('SHOW entity_cache.redis_url');
+is(unlinks_for(q{UPDATE app.entity SET label = label || '+' WHERE code = 'race'},
+	sub {
+		reload_with(["entity_cache.redis_url = 'redis://127.0.0.1:1/0'"]);
+		ok(wait_until(sub { psql('SELECT redis_connected FROM entity_cache.status') eq 'f' }),
+			'worker cut off from Redis');
+	},
+	sub {
+		usleep(500_000);
+		reload_with(["entity_cache.redis_url = '$url'"]);
+	}), 1,
+	'a change applied 0.5 s after its commit (Redis was away): no redelete');
 reload_with(["entity_cache.redelete_steps = 1"]);
 is(unlinks_for(q{UPDATE app.entity SET label = label || '+' WHERE code = 'race'}), 2,
 	'redelete_steps = 1: once, then at 100 ms');

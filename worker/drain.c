@@ -20,6 +20,7 @@
 #include "entity_cache.h"
 
 #include "access/heapam.h"
+#include "access/sysattr.h"
 #include "access/tableam.h"
 #include "access/table.h"
 #include "access/xact.h"
@@ -128,6 +129,7 @@ fetch_rows(Relation rel, int batch_size, bool want_lookup, EcQueueRow **rows_out
 		EcQueueRow   *r = &rows[n++];
 		MemoryContext old = MemoryContextSwitchTo(batch_cxt);
 		text	   *k;
+		bool		isnull;
 
 		slot_getallattrs(slot);
 		r->tid = slot->tts_tid;
@@ -136,8 +138,10 @@ fetch_rows(Relation rel, int batch_size, bool want_lookup, EcQueueRow **rows_out
 		r->vals = (Datum) 0;
 		r->dup_of = -1;
 		r->applied = false;
-		r->queued_at = slot->tts_isnull[Anum_ec_queue_queued_at - 1] ? 0 :
-			DatumGetTimestampTz(slot->tts_values[Anum_ec_queue_queued_at - 1]);
+		r->xmin = DatumGetTransactionId(slot_getsysattr(slot, MinTransactionIdAttributeNumber,
+														&isnull));
+		if (isnull)
+			r->xmin = InvalidTransactionId;
 		if (slot->tts_isnull[Anum_ec_queue_op - 1] ||
 			slot->tts_isnull[Anum_ec_queue_key - 1])
 		{

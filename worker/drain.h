@@ -23,7 +23,7 @@ typedef struct EcQueueRow
 	Oid			relid;
 	char	   *template;		/* the trigger argument (see EcWatched) */
 	Datum		vals;			/* text[], or 0 */
-	TimestampTz queued_at;		/* when the writer queued it (0: unknown) */
+	TransactionId xmin;			/* the writer's transaction */
 	int			dup_of;			/* the later row with the same key, or -1 */
 	bool		applied;		/* acknowledged: may be removed */
 } EcQueueRow;

@@ -2,8 +2,8 @@
  *
  * redelete.c
  *	  Apply every key again after the worker applied it: at
- *	  redelete_delay, and for a key applied promptly also at half of it, a
- *	  quarter, ... (redelete_steps applications in all).
+ *	  redelete_delay, half of it, a quarter, ... (redelete_steps
+ *	  applications in all).
  *
  * A cache-aside reader that read the old row just before a write committed
  * and SETs it just after the worker's UNLINK leaves a stale value for the
@@ -16,13 +16,18 @@
  * the invalidation by the first step after x: it lives less than x (at
  * least the first step, delay / 2^(steps-1)), at one UNLINK per step.
  *
- * The early steps are only for keys applied promptly: a reader can only
- * race the invalidation with a row read before the commit, so when the
- * worker applies a row more than redelete_delay after it was queued (a
- * backlog, an outage), any such fill landed before the invalidation, and
- * it gets only the last application, which the contract promises for
- * every key.  A backlog drain then costs one extra UNLINK per key, not
- * redelete_steps.
+ * A key whose change committed more than redelete_delay before the worker
+ * applied it gets no redelete: a racing fill needs a row read before the
+ * commit and a SET after the application, that is a read-to-SET window
+ * longer than their distance, which the delay is chosen to exceed.  This
+ * is what keeps a backlog drain (after an outage) at its speed: its keys
+ * committed long ago.  Commit times are not recorded (track_commit_timestamp
+ * is off by default), so the worker samples, every delay/16 or so, the
+ * oldest transaction still running (GetOldestActiveTransactionId): every
+ * transaction id before it had ended at that moment.  A queue row whose
+ * writer's id precedes the sample taken at least redelete_delay ago
+ * committed at least that long ago.  Without such a sample (the worker has
+ * just started) every key gets its redeletes.
  *
  * Pending redeletes live in this process's memory only: a worker restart
  * or a server crash loses those not yet done, i.e. the redeletes of keys
@@ -47,7 +52,10 @@
 
 #include "entity_cache.h"
 
+#include "access/transam.h"
+#include "access/xlog.h"
 #include "lib/pairingheap.h"
+#include "storage/procarray.h"
 #include "utils/array.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
@@ -74,6 +82,18 @@ typedef struct Pending
 static HTAB *pending = NULL;
 static pairingheap *by_due = NULL;
 static MemoryContext redelete_cxt = NULL;
+
+/* samples of the oldest running transaction: see the header comment */
+#define HORIZONS 64
+typedef struct Horizon
+{
+	TimestampTz at;
+	TransactionId oldest_running;	/* every id before it had ended by then */
+} Horizon;
+
+static Horizon horizons[HORIZONS];
+static int	nhorizons = 0;
+static int	next_horizon = 0;
 
 static void
 publish_count(void)
@@ -168,18 +188,64 @@ forget(Pending *p)
 	free_row(&r);
 }
 
+/*
+ * Sample the oldest running transaction, at most every delay/16: HORIZONS
+ * samples then reach back four delays, long enough to find one taken a
+ * delay ago.
+ */
+void
+ec_redelete_note_horizon(void)
+{
+	TimestampTz now;
+	const Horizon *last = &horizons[(next_horizon + HORIZONS - 1) % HORIZONS];
+
+	if (ec_redelete_delay_ms <= 0 || RecoveryInProgress())
+		return;
+	now = GetCurrentTimestamp();
+	if (nhorizons > 0 &&
+		now - last->at < (TimestampTz) Max(ec_redelete_delay_ms / 16, 1) * 1000)
+		return;
+	horizons[next_horizon].at = now;
+	horizons[next_horizon].oldest_running = GetOldestActiveTransactionId();
+	next_horizon = (next_horizon + 1) % HORIZONS;
+	nhorizons = Min(nhorizons + 1, HORIZONS);
+}
+
+/*
+ * The newest sample taken at least redelete_delay before now: a writer
+ * whose id precedes it committed at least that long ago.  Invalid if there
+ * is none.
+ */
+static TransactionId
+settled_before(TimestampTz now)
+{
+	TimestampTz cutoff = TimestampTzPlusMilliseconds(now, -ec_redelete_delay_ms);
+	TransactionId best = InvalidTransactionId;
+	TimestampTz best_at = 0;
+
+	for (int i = 0; i < nhorizons; i++)
+	{
+		if (horizons[i].at <= cutoff && horizons[i].at > best_at)
+		{
+			best = horizons[i].oldest_running;
+			best_at = horizons[i].at;
+		}
+	}
+	return best;
+}
+
 void
 ec_redelete_schedule(EcQueueRow *rows, int n)
 {
 	TimestampTz now;
-	TimestampTz prompt_after;
+	TransactionId settled;
 
 	if (ec_redelete_delay_ms <= 0)
 		return;
 	if (pending == NULL)
 		init_pending();
 	now = GetCurrentTimestamp();
-	prompt_after = TimestampTzPlusMilliseconds(now, -ec_redelete_delay_ms);
+	settled = settled_before(now);
 
 	for (int i = 0; i < n; i++)
 	{
@@ -192,6 +258,10 @@ ec_redelete_schedule(EcQueueRow *rows, int n)
 		if (rows[i].key == NULL || !rows[i].applied ||
 			strlen(rows[i].key) != rows[i].keylen)
 			continue;
+		/* committed more than the delay ago: no racing fill can still land */
+		if (TransactionIdIsNormal(settled) && TransactionIdIsValid(rows[i].xmin) &&
+			TransactionIdPrecedes(rows[i].xmin, settled))
+			continue;
 		copy_row(&copy, &rows[i]);
 		hashkey = copy.key - 1;
 		p = hash_search(pending, &hashkey, HASH_ENTER, &found);
@@ -203,8 +273,7 @@ ec_redelete_schedule(EcQueueRow *rows, int n)
 		p->row = copy;
 		p->key = hashkey;
 		p->applied_at = now;
-		/* queued longer ago than the delay: no fill can still be in flight */
-		p->step = (rows[i].queued_at >= prompt_after) ? 0 : ec_redelete_steps - 1;
+		p->step = 0;
 		p->due = step_due(now, p->step);
 		pairingheap_add(by_due, &p->ph_node);
 	}

@@ -12,6 +12,9 @@
 
 #include "drain.h"
 
+/* sample the oldest running transaction (each turn of the main loop) */
+extern void ec_redelete_note_horizon(void);
+
 /* remember the key rows of an applied batch (copies them) */
 extern void ec_redelete_schedule(EcQueueRow *rows, int n);
 

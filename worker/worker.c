@@ -190,6 +190,8 @@ wait_until(TimestampTz deadline)
 		(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 Min((left_us + 999) / 1000, RESPONSIVE_MS), PG_WAIT_EXTENSION);
 		CHECK_FOR_INTERRUPTS();
+		/* a backoff can last seconds: keep the commits' age known */
+		ec_redelete_note_horizon();
 	}
 }
 
@@ -498,6 +500,7 @@ entity_cache_worker_main(Datum main_arg)
 		int64		napplied;
 
 		reload_and_reconnect_on_change(&st);
+		ec_redelete_note_horizon();
 		if (!ensure_connected(&st))
 			continue;
 		batch_start = GetCurrentTimestamp();
