@@ -98,7 +98,11 @@ extern char *ec_redis_sentinel_password;
 typedef struct EcShared
 {
 	slock_t		mutex;
-	/* -- guarded by mutex -- */
+
+	/*
+	 * -- guarded by mutex -- (status.c copies everything up to
+	 * text_changecount in one piece: keep the scalars above it)
+	 */
 	pid_t		worker_pid;		/* 0 while no worker runs */
 	int			worker_procno;	/* its PGPROC, for SetLatch; -1 if none */
 	Oid			worker_dboid;	/* database it serves, once connected */

@@ -62,39 +62,16 @@ set_col(StatusRow *row, StatusColumn col, Datum value)
 	row->nulls[col] = false;
 }
 
-/* A copy of EcShared's scalars, taken under its spinlock. */
-typedef struct SharedScalars
-{
-	pid_t		pid;
-	bool		connected;
-	bool		tls;
-	uint64		applied;
-	uint64		errors;
-	TimestampTz error_at;
-	uint64		refresh_failed;
-	uint64		notify_skipped;
-	uint64		redelete_pending;
-	int			cluster_nodes;
-	TimestampTz cluster_loaded_at;
-	uint64		redirections;
-} SharedScalars;
-
+/*
+ * A copy of EcShared's scalars, taken in one piece under its spinlock: they
+ * are everything before text_changecount (the strings after it are read
+ * through that count, ec_shared_get_text).
+ */
 static void
-read_scalars(SharedScalars *s)
+read_scalars(EcShared *s)
 {
 	SpinLockAcquire(&ec_shared->mutex);
-	s->pid = ec_shared->worker_pid;
-	s->connected = ec_shared->redis_connected;
-	s->tls = ec_shared->redis_tls;
-	s->applied = ec_shared->applied_total;
-	s->errors = ec_shared->errors_total;
-	s->error_at = ec_shared->last_error_at;
-	s->refresh_failed = ec_shared->refresh_failed;
-	s->notify_skipped = ec_shared->notify_skipped;
-	s->redelete_pending = ec_shared->redelete_pending;
-	s->cluster_nodes = ec_shared->cluster_nodes;
-	s->cluster_loaded_at = ec_shared->cluster_slots_loaded_at;
-	s->redirections = ec_shared->cluster_redirections;
+	memcpy(s, ec_shared, offsetof(EcShared, text_changecount));
 	SpinLockRelease(&ec_shared->mutex);
 }
 
@@ -102,40 +79,40 @@ read_scalars(SharedScalars *s)
 static void
 status_worker(StatusRow *row)
 {
-	SharedScalars s;
+	EcShared	s;
 	char		text[Max(EC_LAST_ERROR_LEN, EC_REDIS_NODE_LEN)];
 
 	read_scalars(&s);
-	if (s.pid != 0)
-		set_col(row, COL_WORKER_PID, Int32GetDatum(s.pid));
+	if (s.worker_pid != 0)
+		set_col(row, COL_WORKER_PID, Int32GetDatum(s.worker_pid));
 	else
 		set_col(row, COL_WORKER_NOTE,
 				CStringGetTextDatum("the worker is not running; the postmaster starts it again within a second"));
-	set_col(row, COL_REDIS_CONNECTED, BoolGetDatum(s.pid != 0 && s.connected));
-	set_col(row, COL_APPLIED_TOTAL, Int64GetDatum((int64) s.applied));
-	set_col(row, COL_ERRORS_TOTAL, Int64GetDatum((int64) s.errors));
+	set_col(row, COL_REDIS_CONNECTED, BoolGetDatum(s.worker_pid != 0 && s.redis_connected));
+	set_col(row, COL_APPLIED_TOTAL, Int64GetDatum((int64) s.applied_total));
+	set_col(row, COL_ERRORS_TOTAL, Int64GetDatum((int64) s.errors_total));
 	set_col(row, COL_NOTIFY_SKIPPED, Int64GetDatum((int64) s.notify_skipped));
 	set_col(row, COL_REFRESH_FAILED, Int64GetDatum((int64) s.refresh_failed));
 	set_col(row, COL_REDELETE_PENDING, Int64GetDatum((int64) s.redelete_pending));
-	if (s.error_at != 0)
+	if (s.last_error_at != 0)
 	{
 		ec_shared_get_text(text, ec_shared->last_error, EC_LAST_ERROR_LEN);
 		set_col(row, COL_LAST_ERROR, CStringGetTextDatum(text));
-		set_col(row, COL_LAST_ERROR_AT, TimestampTzGetDatum(s.error_at));
+		set_col(row, COL_LAST_ERROR_AT, TimestampTzGetDatum(s.last_error_at));
 	}
 	/* the node and TLS of the current connection; NULL while none */
 	ec_shared_get_text(text, ec_shared->redis_node, EC_REDIS_NODE_LEN);
-	if (s.pid != 0 && s.connected && text[0])
+	if (s.worker_pid != 0 && s.redis_connected && text[0])
 	{
 		set_col(row, COL_REDIS_NODE, CStringGetTextDatum(text));
-		set_col(row, COL_REDIS_TLS, BoolGetDatum(s.tls));
+		set_col(row, COL_REDIS_TLS, BoolGetDatum(s.redis_tls));
 	}
 	/* NULL unless the worker serves a Redis Cluster (worker/cluster.c) */
-	if (s.pid != 0 && s.cluster_nodes > 0)
+	if (s.worker_pid != 0 && s.cluster_nodes > 0)
 	{
 		set_col(row, COL_CLUSTER_NODES, Int32GetDatum(s.cluster_nodes));
-		set_col(row, COL_CLUSTER_SLOTS_LOADED_AT, TimestampTzGetDatum(s.cluster_loaded_at));
-		set_col(row, COL_CLUSTER_REDIRECTIONS, Int64GetDatum((int64) s.redirections));
+		set_col(row, COL_CLUSTER_SLOTS_LOADED_AT, TimestampTzGetDatum(s.cluster_slots_loaded_at));
+		set_col(row, COL_CLUSTER_REDIRECTIONS, Int64GetDatum((int64) s.cluster_redirections));
 	}
 }
 

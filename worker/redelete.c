@@ -247,6 +247,22 @@ ec_redelete_schedule(EcQueueRow *rows, int n)
 	now = GetCurrentTimestamp();
 	settled = settled_before(now);
 
+	/*
+	 * A row whose key a later row of the batch repeats was applied by that
+	 * row, which must then count as the newer of the two writers.
+	 */
+	for (int i = 0; i < n; i++)
+	{
+		EcQueueRow *carrier;
+
+		if (rows[i].dup_of < 0 || !TransactionIdIsNormal(rows[i].xmin))
+			continue;
+		carrier = &rows[rows[i].dup_of];
+		if (!TransactionIdIsNormal(carrier->xmin) ||
+			TransactionIdFollows(rows[i].xmin, carrier->xmin))
+			carrier->xmin = rows[i].xmin;
+	}
+
 	for (int i = 0; i < n; i++)
 	{
 		Pending    *p;
