@@ -22,7 +22,6 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
-#include "storage/latch.h"
 #include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -43,8 +42,8 @@ PG_FUNCTION_INFO_V1(entity_cache_sync);
 
 #define ENTITY_TABLE "app.entity"
 
-static void
-require_read_write(const char *what)
+void
+ec_require_read_write(const char *what)
 {
 	PreventCommandIfReadOnly(what);
 	PreventCommandDuringRecovery(what);
@@ -255,7 +254,7 @@ entity_cache_invalidate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("code must not be NULL")));
 	code = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	require_read_write("entity_cache.invalidate()");
+	ec_require_read_write("entity_cache.invalidate()");
 
 	rv = makeRangeVar("app", "entity", -1);
 	relid = RangeVarGetRelid(rv, AccessShareLock, true);
@@ -332,7 +331,7 @@ entity_cache_invalidate_key(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("key must not be empty")));
-	require_read_write("entity_cache.invalidate_key()");
+	ec_require_read_write("entity_cache.invalidate_key()");
 
 	w = ec_queue_open();
 	ec_queue_add(w, EC_OP_KEY, key, InvalidOid, NULL, (Datum) 0, true);
@@ -350,7 +349,7 @@ entity_cache_flush_all(PG_FUNCTION_ARGS)
 	EcQueueWriter *w;
 	int			n = 0;
 
-	require_read_write("entity_cache.flush_all()");
+	ec_require_read_write("entity_cache.flush_all()");
 
 	SPI_connect();
 	SPI_execute("SELECT relid::oid, key_template FROM entity_cache.watched", true, 0);
@@ -419,19 +418,15 @@ interval_ms(Interval *span)
 	return (long) Min(usec / 1000, (int64) LONG_MAX);
 }
 
-/* Sleep until woken by the worker or for at most ms (and 100 ms). */
+/*
+ * Sleep until woken by the worker or for at most ms (and 100 ms).  Only a
+ * database a worker serves waits, so the extension is preloaded.
+ */
 static void
 sync_sleep(long ms)
 {
-	ms = Min(ms, 100);
-	if (ec_shared)
-		ConditionVariableTimedSleep(&ec_shared->applied_cv, ms, PG_WAIT_EXTENSION);
-	else
-	{
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 ms, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-	}
+	Assert(ec_shared != NULL);
+	ConditionVariableTimedSleep(&ec_shared->applied_cv, Min(ms, 100), PG_WAIT_EXTENSION);
 	CHECK_FOR_INTERRUPTS();
 }
 
@@ -457,9 +452,10 @@ worker_serves_us(void)
  * start of its last complete pass over the queue (see drain.c), and once
  * that is later than our own start, whatever we could see has been
  * applied.  We set its latch so it checks at once instead of at its next
- * poll.  Without it (no preloading, or a worker serving another database)
- * we look at the queue itself; that only ever returns true on a queue that
- * empties.
+ * poll.  While it is not running (it is restarting) we look at the queue
+ * itself.  In a database no worker serves (no preloading, or a worker
+ * serving another database) we look once and return at once: true only if
+ * nothing is pending.
  */
 Datum
 entity_cache_sync(PG_FUNCTION_ARGS)
@@ -482,15 +478,11 @@ entity_cache_sync(PG_FUNCTION_ARGS)
 
 	/*
 	 * No worker serves this database: nothing will empty the queue, so do
-	 * not wait for it.  True only if nothing is pending at all.
+	 * not wait for it; the loop looks at the queue once.  True only if
+	 * nothing is pending at all.
 	 */
 	if (!ec_database_served(NULL))
-	{
-		rel = table_open(ec_queue_relid(false), AccessShareLock);
-		done = !pending_before(rel, start);
-		table_close(rel, AccessShareLock);
-		PG_RETURN_BOOL(done);
-	}
+		deadline = start;
 	if (worker_serves_us())
 		ec_wake_worker();
 

@@ -19,13 +19,11 @@
 
 #include "access/table.h"
 #include "catalog/pg_inherits.h"
-#include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/bufmgr.h"
-#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -87,8 +85,7 @@ entity_cache_warm(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("entity_cache.warm() needs a table")));
-	PreventCommandIfReadOnly("entity_cache.warm()");
-	PreventCommandDuringRecovery("entity_cache.warm()");
+	ec_require_read_write("entity_cache.warm()");
 	rel = table_open(PG_GETARG_OID(0), AccessShareLock);
 	wts = watched_or_error(rel);
 	nt = list_length(wts);
@@ -291,6 +288,7 @@ verify_leaf(Verify *v, Oid leaf, MemoryContext keep)
 	StringInfoData cols;
 	BlockNumber start = 0;
 	BlockNumber step = 8;
+	bool		bound = false;
 	EcBoundTemplate *bts = palloc(sizeof(EcBoundTemplate) * v->nt);
 	MemoryContext batchcxt = AllocSetContextCreate(CurrentMemoryContext,
 												   "entity_cache verify batch",
@@ -311,9 +309,16 @@ verify_leaf(Verify *v, Oid leaf, MemoryContext keep)
 		CHECK_FOR_INTERRUPTS();
 		if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "verify query failed: %s", sql);
-		for (int t = 0; t < v->nt; t++)
-			ec_bind_template(&bts[t], ((EcWatched *) list_nth(v->wts, t))->template,
-							 SPI_tuptable->tupdesc);
+		if (!bound)
+		{
+			/* every batch has the same columns: bind once, for the leaf */
+			MemoryContextSwitchTo(old);
+			for (int t = 0; t < v->nt; t++)
+				ec_bind_template(&bts[t], ((EcWatched *) list_nth(v->wts, t))->template,
+								 SPI_tuptable->tupdesc);
+			MemoryContextSwitchTo(batchcxt);
+			bound = true;
+		}
 		verify_rows(v, bts, keep);
 		start += step;
 		/* aim at VERIFY_BATCH_ROWS rows per batch */
@@ -397,8 +402,7 @@ queue_repairs(Verify *v)
 
 	if (v->problems == NIL)
 		return;
-	PreventCommandIfReadOnly("entity_cache.verify(repair => true)");
-	PreventCommandDuringRecovery("entity_cache.verify(repair => true)");
+	ec_require_read_write("entity_cache.verify(repair => true)");
 	w = ec_queue_open();
 	foreach(lc, v->problems)
 	{

@@ -2,9 +2,10 @@
 
 \echo Use "ALTER EXTENSION entity_cache UPDATE TO '1.1'" to load this file. \quit
 
--- Every change to the objects of 1.0 that entity_cache--1.1.sql makes is
--- made here too, so that an updated installation has exactly the objects
--- of a fresh one (t/005_upgrade.pl compares them).  Queued rows stay.
+-- Every change from 1.0 to 1.1.  The Makefile builds entity_cache--1.1.sql
+-- from entity_cache--1.0.sql followed by this file, so a fresh 1.1 and an
+-- updated installation run the same statements (t/005_upgrade.pl compares
+-- their objects).  Queued rows stay.
 
 -- status: which database is served and why not, the Redis node and TLS,
 -- skipped notifications, failed refreshes, pending redeletes, the cluster.

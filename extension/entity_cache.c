@@ -77,9 +77,6 @@ static const struct config_enum_entry notify_options[] = {
 	{NULL, 0, false}
 };
 
-/* set by ec_request_wake_at_commit(), acted on by wake_xact_callback() */
-static bool wake_at_commit = false;
-
 static const struct config_enum_entry tls_verify_options[] = {
 	{"full", EC_TLS_VERIFY_FULL, false},
 	{"ca", EC_TLS_VERIFY_CA, false},
@@ -381,16 +378,6 @@ register_worker(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-static void
-wake_xact_callback(XactEvent event, void *arg)
-{
-	if (event == XACT_EVENT_COMMIT && wake_at_commit)
-		ec_wake_worker();
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
-		event == XACT_EVENT_PREPARE)
-		wake_at_commit = false;
-}
-
 void
 _PG_init(void)
 {
@@ -400,7 +387,6 @@ _PG_init(void)
 	MarkGUCPrefixReserved("entity_cache");
 	ec_queue_xact_init();
 	ec_utility_init();
-	RegisterXactCallback(wake_xact_callback, NULL);
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
@@ -411,18 +397,6 @@ _PG_init(void)
 	shmem_startup_hook = ec_shmem_startup;
 
 	register_worker();
-}
-
-/*
- * The worker has something to do once this transaction commits: rows were
- * queued.  (A rolled-back subtransaction may leave a wake-up with nothing
- * to do: one spare batch.)  A prepared transaction's commit happens
- * elsewhere; the worker's poll finds its rows.
- */
-void
-ec_request_wake_at_commit(void)
-{
-	wake_at_commit = true;
 }
 
 /*

@@ -47,7 +47,7 @@ typedef enum EcNotify
 	EC_NOTIFY_COMMIT			/* the writer, at its commit */
 } EcNotify;
 
-/* payload prefix of a flush pattern (see ec_notify_payload) */
+/* payload prefix of a flush pattern (see ec_notify_send) */
 #define EC_NOTIFY_FLUSH_PREFIX "flush:"
 /* payload prefix of a key that would otherwise read as a pattern */
 #define EC_NOTIFY_KEY_PREFIX "key:"
@@ -146,7 +146,9 @@ extern bool ec_database_served(const char **why);
 
 /* utility.c */
 extern void ec_utility_init(void);
-extern void ec_request_wake_at_commit(void);
+
+/* api.c: refuse to queue in a read-only transaction or on a standby */
+extern void ec_require_read_write(const char *what);
 
 /* queue.c */
 extern Oid	ec_queue_relid(bool missing_ok);

@@ -36,6 +36,8 @@
  * Zones that are UTC under another name (initdb on a UTC machine picks
  * Etc/UTC): ISO output prints only the numeric offset, always +00 here.
  */
+static bool type_needs_canonical(Oid typid);
+
 static bool
 timezone_is_utc(void)
 {
@@ -121,8 +123,6 @@ ec_bind_template(EcBoundTemplate *bt, const char *text, TupleDesc desc)
 		EcTemplatePart *p = &bt->parsed.parts[i];
 
 		bt->attnums[i] = 0;
-		bt->atttypes[i] = InvalidOid;
-		bt->atttypmods[i] = -1;
 		if (!p->is_column)
 			continue;
 		for (int a = 0; a < desc->natts; a++)
@@ -135,9 +135,7 @@ ec_bind_template(EcBoundTemplate *bt, const char *text, TupleDesc desc)
 				memcmp(NameStr(att->attname), text + p->offset, p->len) == 0)
 			{
 				bt->attnums[i] = att->attnum;
-				bt->atttypes[i] = att->atttypid;
-				bt->atttypmods[i] = att->atttypmod;
-				if (!bt->canonical && ec_type_needs_canonical(att->atttypid))
+				if (!bt->canonical && type_needs_canonical(att->atttypid))
 					bt->canonical = true;
 				break;
 			}
@@ -273,22 +271,10 @@ ec_watched_templates(Relation rel)
 	return result;
 }
 
-/*
- * Does the text of a value of this type depend on DateStyle, TimeZone,
- * IntervalStyle, extra_float_digits or bytea_output?  Types known not to
- * (integers, text, numeric, uuid, ...) answer false; every other base type
- * (dates and times, floats, bytea, geometric types, types of other
- * extensions) true, to be safe; arrays, domains, ranges and composites ask
- * of what they are made of.  Called once per template and statement, so a
- * template over text or integer columns costs no setting changes per row.
- */
-bool
-ec_type_needs_canonical(Oid typid)
+/* built-in types whose text no setting changes */
+static bool
+text_is_setting_free(Oid typid)
 {
-	TypeCacheEntry *tc;
-
-	check_stack_depth();
-	typid = getBaseType(typid);
 	switch (typid)
 	{
 		case BOOLOID:
@@ -311,27 +297,53 @@ ec_type_needs_canonical(Oid typid)
 		case JSONBOID:
 		case BITOID:
 		case VARBITOID:
-			return false;
+			return true;
 		default:
-			break;
+			return false;
 	}
-	if (OidIsValid(get_element_type(typid)))
-		return ec_type_needs_canonical(get_element_type(typid));
+}
+
+/*
+ * Does the text of a value of this type depend on DateStyle, TimeZone,
+ * IntervalStyle, extra_float_digits or bytea_output?  Types known not to
+ * (integers, text, numeric, uuid, ...) answer false; every other base type
+ * (dates and times, floats, bytea, geometric types, types of other
+ * extensions) true, to be safe; arrays, domains, ranges and composites ask
+ * of what they are made of.  Called once per template and statement, so a
+ * template over text or integer columns costs no setting changes per row;
+ * those answer before any catalog lookup.
+ */
+static bool
+type_needs_canonical(Oid typid)
+{
+	TypeCacheEntry *tc;
+	Oid			base;
+	Oid			elem;
+
+	check_stack_depth();
+	if (text_is_setting_free(typid))
+		return false;
+	base = getBaseType(typid);
+	if (base != typid)
+		return type_needs_canonical(base);
+	elem = get_element_type(typid);
+	if (OidIsValid(elem))
+		return type_needs_canonical(elem);
 	switch (get_typtype(typid))
 	{
 		case TYPTYPE_ENUM:
 			return false;
 		case TYPTYPE_RANGE:
-			return ec_type_needs_canonical(get_range_subtype(typid));
+			return type_needs_canonical(get_range_subtype(typid));
 		case TYPTYPE_MULTIRANGE:
-			return ec_type_needs_canonical(get_range_subtype(get_multirange_range(typid)));
+			return type_needs_canonical(get_range_subtype(get_multirange_range(typid)));
 		case TYPTYPE_COMPOSITE:
 			tc = lookup_type_cache(typid, TYPECACHE_TUPDESC);
 			for (int a = 0; tc->tupDesc && a < tc->tupDesc->natts; a++)
 			{
 				Form_pg_attribute att = TupleDescAttr(tc->tupDesc, a);
 
-				if (!att->attisdropped && ec_type_needs_canonical(att->atttypid))
+				if (!att->attisdropped && type_needs_canonical(att->atttypid))
 					return true;
 			}
 			return false;
@@ -405,8 +417,8 @@ ec_canonical_settings(void)
  * The function a stored signature names, or InvalidOid if it no longer
  * exists (dropped after watch(): callers then fall back to deleting).
  */
-Oid
-ec_value_fn_oid(const char *value)
+static Oid
+value_fn_oid(const char *value)
 {
 	LOCAL_FCINFO(fcinfo, 1);
 	Datum		result;
@@ -431,7 +443,7 @@ ec_value_sql(const char *value, const char *alias)
 
 	if (value == NULL)
 		return psprintf("pg_catalog.row_to_json(%s)::text", alias);
-	fn = ec_value_fn_oid(value);
+	fn = value_fn_oid(value);
 	if (!OidIsValid(fn))
 		return NULL;
 	return psprintf("%s(%s)::text",

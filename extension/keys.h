@@ -22,8 +22,6 @@ typedef struct EcBoundTemplate
 	const char *text;
 	EcTemplate	parsed;
 	AttrNumber	attnums[EC_TEMPLATE_MAX_PARTS]; /* per part; 0 for literals */
-	Oid			atttypes[EC_TEMPLATE_MAX_PARTS];	/* per part; 0 for literals */
-	int32		atttypmods[EC_TEMPLATE_MAX_PARTS];
 	bool		complete;		/* every placeholder names a live column */
 	bool		canonical;		/* a column's text depends on session settings */
 	char	   *missing;		/* first column that does not, if any */
@@ -57,7 +55,6 @@ typedef struct EcWatched
 extern bool ec_is_capture_trigger(const char *tgname, Oid tgfoid);
 extern EcWatched *ec_split_watch_arg(const char *arg);
 extern List *ec_watched_templates(Relation rel);
-extern bool ec_type_needs_canonical(Oid typid);
 extern int	ec_canonical_begin(void);
 extern int	ec_render_begin(const EcBoundTemplate *bts, int n);
 extern void ec_canonical_end(int nest);
@@ -70,7 +67,6 @@ typedef struct EcSpiRow
 	TupleDesc	desc;
 } EcSpiRow;
 extern const char *ec_spi_row_value(void *arg, AttrNumber attnum);
-extern Oid	ec_value_fn_oid(const char *value);
 extern char *ec_value_sql(const char *value, const char *alias);
 extern char *ec_check_value_fn(Oid relid, Oid fnoid);
 

@@ -25,7 +25,6 @@
 #include "entity_cache.h"
 
 #include "access/table.h"
-#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
@@ -86,10 +85,19 @@ static MemoryContext xact_cxt = NULL;
 static HTAB *queued_keys = NULL;
 static SubTransactionId max_subid = InvalidSubTransactionId;
 
+/*
+ * Rows were queued: wake the worker once this transaction commits.  (A
+ * rolled-back subtransaction may leave a wake-up with nothing to do: one
+ * spare batch.)  A prepared transaction's commit happens elsewhere; the
+ * worker's poll finds its rows.
+ */
+static bool wake_at_commit = false;
+
 static void
 reset_xact_state(void)
 {
 	/* the memory goes with TopTransactionContext */
+	wake_at_commit = false;
 	first_key = NULL;
 	xact_cxt = NULL;
 	queued_keys = NULL;
@@ -102,6 +110,10 @@ ec_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
+			if (wake_at_commit)
+				ec_wake_worker();
+			reset_xact_state();
+			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
 		case XACT_EVENT_PARALLEL_COMMIT:
@@ -407,7 +419,7 @@ ec_queue_add(EcQueueWriter *w, char op, const char *key, Oid relid,
 	if (w->nbuffered == EC_BUFFER_ROWS || w->nbytes >= EC_BUFFER_BYTES)
 		flush_rows(w);
 
-	ec_request_wake_at_commit();
+	wake_at_commit = true;
 
 	if (ec_notify == EC_NOTIFY_COMMIT)
 		ec_notify_send(op, key);

@@ -68,22 +68,29 @@ sub start_listener
 	return { h => $h, out => \$out };
 }
 
-sub heard_so_far
+# the payloads a listener printed after its "ready" line
+sub payloads
 {
 	my ($l) = @_;
-	$l->{h}->pump_nb;
 	my @lines = split /\n/, ${ $l->{out} };
 	shift @lines;
 	return @lines;
 }
 
+# what it heard so far, while it goes on listening
+sub heard_so_far
+{
+	my ($l) = @_;
+	$l->{h}->pump_nb;
+	return payloads($l);
+}
+
+# what it heard until it stopped (idle_ms without a notification, or max)
 sub listened
 {
 	my ($l) = @_;
 	$l->{h}->finish;
-	my @lines = split /\n/, ${ $l->{out} };
-	shift @lines;
-	return @lines;
+	return payloads($l);
 }
 
 # Every write path is notified, after Redis, by the worker.  A key that

@@ -25,12 +25,6 @@ $node->safe_psql('postgres', q{
 	INSERT INTO app.entity (code) SELECT 'a' || g FROM generate_series(1, 100) g;
 });
 
-sub reload_with
-{
-	my ($sql) = @_;
-	$node->safe_psql('postgres', "$sql; SELECT pg_reload_conf();");
-}
-
 sub as_app_user
 {
 	my ($sql) = @_;
@@ -103,7 +97,7 @@ is($node->safe_psql('postgres', 'SHOW entity_cache.redis_password'), $wrong,
 # 3. fix the password with ALTER SYSTEM + reload, no restart
 #
 my $t0 = time();
-reload_with(q{ALTER SYSTEM SET entity_cache.redis_password = 's3cret'});
+reload_with($node, q{ALTER SYSTEM SET entity_cache.redis_password = 's3cret'});
 ok(wait_until(sub { ec_status($node)->{redis_connected} eq 't' }, 10),
 	'password fixed: connected after a reload');
 my $took = time() - $t0;
@@ -118,7 +112,7 @@ is($st->{worker_pid}, $pid, 'password fixed: same worker process, no restart');
 # 4. an ACL user and its password in the URL
 #
 redis_cli($redis, 'ACL', 'SETUSER', 'ecworker', 'on', '>ecpass', '~*', '&*', '+@all');
-reload_with(qq{ALTER SYSTEM SET entity_cache.redis_url = 'redis://ecworker:ecpass\@127.0.0.1:$port/0';
+reload_with($node, qq{ALTER SYSTEM SET entity_cache.redis_url = 'redis://ecworker:ecpass\@127.0.0.1:$port/0';
 	ALTER SYSTEM SET entity_cache.redis_password = ''});
 ok(wait_until(sub { redis_cli($redis, 'CLIENT', 'LIST') =~ /\buser=ecworker\b/ }, 10),
 	'ACL user: the worker is connected as the URL user');
@@ -137,7 +131,7 @@ redis_cli($redis, 'CLIENT', 'KILL', 'USER', 'ecworker');
 ok(wait_until(sub { ec_status($node)->{last_error} =~ /WRONGPASS|invalid password/ }, 10),
 	'ACL user: a changed password is an AUTH error');
 ok(app_writes(31, 40), 'ACL user, wrong password: writes succeed');
-reload_with(qq{ALTER SYSTEM SET entity_cache.redis_url = 'redis://ecworker:ecpass2\@127.0.0.1:$port/0'});
+reload_with($node, qq{ALTER SYSTEM SET entity_cache.redis_url = 'redis://ecworker:ecpass2\@127.0.0.1:$port/0'});
 ok(wait_for_sync($node, 15), 'ACL user, new password in the URL: sync');
 is(redis_count($redis, $glob), '60', 'ACL user, new password: the queued keys are gone');
 
@@ -145,7 +139,7 @@ is(redis_count($redis, $glob), '60', 'ACL user, new password: the queued keys ar
 # 5. requirepass changed under a connected worker (CONFIG SET), then a
 #    reload with the new password
 #
-reload_with(q{ALTER SYSTEM RESET entity_cache.redis_url;
+reload_with($node, q{ALTER SYSTEM RESET entity_cache.redis_url;
 	ALTER SYSTEM SET entity_cache.redis_password = 's3cret'});
 ok(wait_until(sub {
 	ec_status($node)->{redis_connected} eq 't'
@@ -168,7 +162,7 @@ is($st->{redis_connected}, 'f', 'requirepass changed: not connected');
 is(redis_count($redis, $glob), '60', 'requirepass changed: nothing applied');
 is($st->{queue_depth}, '20', 'requirepass changed: the writes are queued');
 
-reload_with(q{ALTER SYSTEM SET entity_cache.redis_password = 'n3wpass'});
+reload_with($node, q{ALTER SYSTEM SET entity_cache.redis_password = 'n3wpass'});
 ok(wait_for_sync($node, 15), 'new password after a reload: sync');
 is(redis_count($redis, $glob), '40', 'new password: the queued keys are gone');
 $st = ec_status($node);

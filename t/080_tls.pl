@@ -25,12 +25,6 @@ my $port = $redis->{port};
 my $node = new_node('tls', $redis, conf => "entity_cache.redis_url = 'redis://127.0.0.1:$port/0'\n");
 my $pid = worker_pid($node);
 
-sub reload_with
-{
-	my ($sql) = @_;
-	$node->safe_psql('postgres', "$sql; SELECT pg_reload_conf();");
-}
-
 # Insert $n rows whose keys are first cached (stale) in $r: their
 # invalidations are what must reach $r.  Returns the key prefix.
 my $round = 0;
@@ -85,31 +79,31 @@ sub errors { ec_status($node)->{errors_total} }
 # 1. a TLS server behind redis://
 my $p = expect_failure('TLS server behind redis://', $redis,
 	qr/(answered with TLS|TLS-only Redis behind redis:\/\/).*rediss:\/\//, -1);
-reload_with("ALTER SYSTEM SET entity_cache.redis_url = 'rediss://127.0.0.1:$port/0'");
+reload_with($node, "ALTER SYSTEM SET entity_cache.redis_url = 'rediss://127.0.0.1:$port/0'");
 expect_recovery('rediss:// by IP address, CA file', $redis, $p, 1);
 
 # 2. a host name: SNI, the name checked against the certificate; localhost
 # may resolve to ::1 first, where nothing listens: the next address is tried
-reload_with("ALTER SYSTEM SET entity_cache.redis_url = 'rediss://localhost:$port/0'");
+reload_with($node, "ALTER SYSTEM SET entity_cache.redis_url = 'rediss://localhost:$port/0'");
 ok(wait_until(sub { ec_status($node)->{redis_node} eq "localhost:$port" }, 30),
 	'rediss:// by host name: connected to localhost');
 $p = write_round($redis, 50);
 expect_recovery('rediss:// by host name', $redis, $p, 1, "localhost:$port");
-reload_with("ALTER SYSTEM SET entity_cache.redis_url = 'rediss://127.0.0.1:$port/0'");
+reload_with($node, "ALTER SYSTEM SET entity_cache.redis_url = 'rediss://127.0.0.1:$port/0'");
 
 # 3. a CA that did not sign the server's certificate
 my $e = errors();
-reload_with("ALTER SYSTEM SET entity_cache.redis_tls_ca_file = '$c->{ca2}'");
+reload_with($node, "ALTER SYSTEM SET entity_cache.redis_tls_ca_file = '$c->{ca2}'");
 $p = expect_failure('unknown CA', $redis, qr/signed by an unknown CA.*redis_tls_ca_file/, $e);
-reload_with("ALTER SYSTEM SET entity_cache.redis_tls_ca_file = '$c->{ca}'");
+reload_with($node, "ALTER SYSTEM SET entity_cache.redis_tls_ca_file = '$c->{ca}'");
 expect_recovery('unknown CA', $redis, $p, 1);
 
 # 4. a CA file that cannot be read
 $e = errors();
-reload_with("ALTER SYSTEM SET entity_cache.redis_tls_ca_file = '/nonexistent/ca.crt'");
+reload_with($node, "ALTER SYSTEM SET entity_cache.redis_tls_ca_file = '/nonexistent/ca.crt'");
 $p = expect_failure('unreadable CA file', $redis,
 	qr/could not load the CA file "\/nonexistent\/ca\.crt"/, $e);
-reload_with("ALTER SYSTEM SET entity_cache.redis_tls_ca_file = '$c->{ca}'");
+reload_with($node, "ALTER SYSTEM SET entity_cache.redis_tls_ca_file = '$c->{ca}'");
 expect_recovery('unreadable CA file', $redis, $p, 1);
 
 # 5. a certificate for another host: verify = ca accepts it
@@ -119,7 +113,7 @@ $redis->{tls}{key} = $c->{wronghost_key};
 restart_redis($redis);
 $p = expect_failure('host mismatch', $redis,
 	qr/does not name "127\.0\.0\.1".*redis_tls_verify = ca/, $e);
-reload_with("ALTER SYSTEM SET entity_cache.redis_tls_verify = 'ca'");
+reload_with($node, "ALTER SYSTEM SET entity_cache.redis_tls_verify = 'ca'");
 expect_recovery('host mismatch, verify = ca', $redis, $p, 1);
 
 # 6. an expired certificate (verify = ca checks dates too); verify = none
@@ -130,7 +124,7 @@ $redis->{tls}{key} = $c->{expired_key};
 restart_redis($redis);
 $p = expect_failure('expired certificate', $redis, qr/certificate of Redis at 127\.0\.0\.1:\d+ has expired/, $e);
 my $logpos = -s $node->logfile;
-reload_with("ALTER SYSTEM SET entity_cache.redis_tls_verify = 'none'");
+reload_with($node, "ALTER SYSTEM SET entity_cache.redis_tls_verify = 'none'");
 expect_recovery('expired certificate, verify = none', $redis, $p, 1);
 ok(wait_until(sub {
 	slurp_file($node->logfile, $logpos) =~ /WARNING:.*TLS certificate is not verified/ }, 10),
@@ -139,41 +133,41 @@ ok(wait_until(sub {
 $redis->{tls}{cert} = $c->{server};
 $redis->{tls}{key} = $c->{server_key};
 restart_redis($redis);
-reload_with("ALTER SYSTEM RESET entity_cache.redis_tls_verify");
+reload_with($node, "ALTER SYSTEM RESET entity_cache.redis_tls_verify");
 $p = write_round($redis, 50);
 expect_recovery('valid certificate again, verify = full', $redis, $p, 1);
 
 # 7. a plaintext Redis behind rediss://
 my $plain = start_redis();
 $e = errors();
-reload_with("ALTER SYSTEM SET entity_cache.redis_url = 'rediss://127.0.0.1:$plain->{port}/0'");
+reload_with($node, "ALTER SYSTEM SET entity_cache.redis_url = 'rediss://127.0.0.1:$plain->{port}/0'");
 $p = expect_failure('plaintext server behind rediss://', $plain,
 	qr/(does not speak TLS|timed out).*plaintext Redis behind rediss:\/\//, $e);
-reload_with("ALTER SYSTEM SET entity_cache.redis_url = 'redis://127.0.0.1:$plain->{port}/0'");
+reload_with($node, "ALTER SYSTEM SET entity_cache.redis_url = 'redis://127.0.0.1:$plain->{port}/0'");
 expect_recovery('plaintext server behind redis://', $plain, $p, 0);
 
 # 8. mutual TLS: no client certificate, one from an unknown CA, the right one
 my $mtls = start_redis(tls => { cert => $c->{server}, key => $c->{server_key}, ca => $c->{ca},
 	auth_clients => 'yes', client_cert => $c->{client}, client_key => $c->{client_key} });
 $e = errors();
-reload_with("ALTER SYSTEM SET entity_cache.redis_url = 'rediss://127.0.0.1:$mtls->{port}/0'");
+reload_with($node, "ALTER SYSTEM SET entity_cache.redis_url = 'rediss://127.0.0.1:$mtls->{port}/0'");
 $p = expect_failure('mutual TLS, no client certificate', $mtls,
 	qr/refused our client certificate.*redis_tls_cert_file/, $e);
 $e = errors();
-reload_with("ALTER SYSTEM SET entity_cache.redis_tls_cert_file = '$c->{badclient}';
+reload_with($node, "ALTER SYSTEM SET entity_cache.redis_tls_cert_file = '$c->{badclient}';
 	ALTER SYSTEM SET entity_cache.redis_tls_key_file = '$c->{badclient_key}'");
 my $p2 = expect_failure('mutual TLS, client certificate from an unknown CA', $mtls,
 	qr/refused our client certificate/, $e);
-reload_with("ALTER SYSTEM SET entity_cache.redis_tls_cert_file = '$c->{client}';
+reload_with($node, "ALTER SYSTEM SET entity_cache.redis_tls_cert_file = '$c->{client}';
 	ALTER SYSTEM SET entity_cache.redis_tls_key_file = '$c->{client_key}'");
 expect_recovery('mutual TLS', $mtls, $p, 1);
 is(redis_exist_count($mtls, "entity:metadata:$p2", 50), '0', 'mutual TLS: the second failure\'s writes applied too');
 
 # 9. a client key that does not match the certificate: refused before connecting
 $e = errors();
-reload_with("ALTER SYSTEM SET entity_cache.redis_tls_key_file = '$c->{badclient_key}'");
+reload_with($node, "ALTER SYSTEM SET entity_cache.redis_tls_key_file = '$c->{badclient_key}'");
 $p = expect_failure('mismatched client key', $mtls, qr/does not match the certificate/, $e);
-reload_with("ALTER SYSTEM SET entity_cache.redis_tls_key_file = '$c->{client_key}'");
+reload_with($node, "ALTER SYSTEM SET entity_cache.redis_tls_key_file = '$c->{client_key}'");
 expect_recovery('matching client key', $mtls, $p, 1);
 
 # 10. rediss-sentinel://: TLS to a sentinel and to the master it names; the
@@ -206,12 +200,12 @@ system('redis-server', "$ts->{dir}/sentinel.conf", '--sentinel') == 0 or die 'co
 ok(wait_until(sub { redis_cli($ts, 'SENTINEL', 'get-master-addr-by-name', 'tlsmaster') =~ /$tm->{port}/ }, 20),
 	'TLS sentinel: monitors the TLS master');
 $e = errors();
-reload_with("ALTER SYSTEM RESET entity_cache.redis_tls_cert_file; ALTER SYSTEM RESET entity_cache.redis_tls_key_file;
+reload_with($node, "ALTER SYSTEM RESET entity_cache.redis_tls_cert_file; ALTER SYSTEM RESET entity_cache.redis_tls_key_file;
 	ALTER SYSTEM SET entity_cache.redis_url = 'rediss-sentinel://:masterpw\@127.0.0.1:$ts->{port}/0?master=tlsmaster'");
 # the URL's password is the master's, not the sentinel's
 $p = expect_failure('rediss-sentinel://, sentinel password missing', $tm,
 	qr/Redis Sentinel AUTH failed: WRONGPASS/, $e);
-reload_with("ALTER SYSTEM SET entity_cache.redis_sentinel_password = 'sentinelpw'");
+reload_with($node, "ALTER SYSTEM SET entity_cache.redis_sentinel_password = 'sentinelpw'");
 expect_recovery('rediss-sentinel:// with redis_sentinel_password', $tm, $p, 1);
 # (the server itself logs the statements and "parameter ... changed to")
 ok(!grep({ /sentinelpw|masterpw/ && /entity_cache(:| worker)/ } split /\n/, slurp_file($node->logfile)),

@@ -20,11 +20,10 @@ my $db = 'postgres';
 
 sub psql { return $node->safe_psql($db, $_[0]); }
 
-sub reload_with
+sub reload_settings
 {
 	my ($settings) = @_;
-	psql("ALTER SYSTEM SET $_") for @$settings;
-	psql('SELECT pg_reload_conf()');
+	reload_with($node, join('; ', map { "ALTER SYSTEM SET $_" } @$settings));
 	# the worker reads the file on its next loop; wait until a backend sees it
 	usleep(300_000);
 }
@@ -112,7 +111,7 @@ psql(q{SELECT entity_cache.unwatch('app.entity');
 	SELECT entity_cache.watch('app.entity', 'entity:metadata:{code}', 'app.entity_json(app.entity)')});
 
 # without redelete the stale value stays: the test can fail
-reload_with(["entity_cache.redelete_delay = 0"]);
+reload_settings(["entity_cache.redelete_delay = 0"]);
 is(staged_race('race', 'gone', 1500), undef,
 	'redelete off: the reader\'s stale SET survives (1.5 s)');
 
@@ -128,7 +127,7 @@ for my $mode ('delete', 'refresh')
 		my ($delay, $steps) = @$setting;
 		my $first = $delay / 2**($steps - 1);
 		my $what = "$mode mode, redelete_delay $delay, redelete_steps $steps";
-		reload_with([ "entity_cache.mode = '$mode'", "entity_cache.redelete_delay = $delay",
+		reload_settings([ "entity_cache.mode = '$mode'", "entity_cache.redelete_delay = $delay",
 			"entity_cache.redelete_steps = $steps" ]);
 		my $ms = staged_race('race', $want, $delay + 5000);
 		ok(defined $ms, "$what: the stale value is undone");
@@ -140,7 +139,7 @@ for my $mode ('delete', 'refresh')
 			"$what: it was the redelete, not the write");
 	}
 }
-reload_with([ "entity_cache.mode = 'delete'", "entity_cache.redelete_delay = 100",
+reload_settings([ "entity_cache.mode = 'delete'", "entity_cache.redelete_delay = 100",
 	"entity_cache.redelete_steps = 4" ]);
 
 # How many times a key is applied: once, then once per step.  What counts
@@ -168,31 +167,31 @@ is(unlinks_for(q{BEGIN; UPDATE app.entity SET label = label || '+' WHERE code = 
 my $url = psql('SHOW entity_cache.redis_url');
 is(unlinks_for(q{UPDATE app.entity SET label = label || '+' WHERE code = 'race'},
 	sub {
-		reload_with(["entity_cache.redis_url = 'redis://127.0.0.1:1/0'"]);
+		reload_settings(["entity_cache.redis_url = 'redis://127.0.0.1:1/0'"]);
 		ok(wait_until(sub { psql('SELECT redis_connected FROM entity_cache.status') eq 'f' }),
 			'worker cut off from Redis');
 	},
 	sub {
 		usleep(500_000);
-		reload_with(["entity_cache.redis_url = '$url'"]);
+		reload_settings(["entity_cache.redis_url = '$url'"]);
 	}), 1,
 	'a change applied 0.5 s after its commit (Redis was away): no redelete');
-reload_with(["entity_cache.redelete_steps = 1"]);
+reload_settings(["entity_cache.redelete_steps = 1"]);
 is(unlinks_for(q{UPDATE app.entity SET label = label || '+' WHERE code = 'race'}), 2,
 	'redelete_steps = 1: once, then at 100 ms');
-reload_with(["entity_cache.redelete_steps = 4"]);
+reload_settings(["entity_cache.redelete_steps = 4"]);
 
-reload_with(["entity_cache.mode = 'delete'", "entity_cache.redelete_delay = 100"]);
+reload_settings(["entity_cache.mode = 'delete'", "entity_cache.redelete_delay = 100"]);
 
 # pending redeletes show in status, then drain
 psql(q{INSERT INTO app.entity (code) SELECT 'p' || g FROM generate_series(1, 500) g});
-reload_with(["entity_cache.redelete_delay = 1000"]);
+reload_settings(["entity_cache.redelete_delay = 1000"]);
 psql(q{UPDATE app.entity SET label = 'x' WHERE code LIKE 'p%'});
 ok(wait_until(sub { ec_status($node)->{redelete_pending} >= 500 }, 10),
 	'status.redelete_pending counts the keys waiting');
 ok(wait_until(sub { ec_status($node)->{redelete_pending} eq '0' }, 10),
 	'and drops to 0 once they were applied again');
-reload_with(["entity_cache.redelete_delay = 100"]);
+reload_settings(["entity_cache.redelete_delay = 100"]);
 
 # ---------------------------------------------------------------------
 # warm()
@@ -227,7 +226,7 @@ is(redis_cli($redis, 'EXISTS', 'entity:metadata:p2') . redis_cli($redis, 'EXISTS
 	'00', 'repair removed both (delete mode)');
 is(psql('SELECT count(*) FROM entity_cache.verify()'), '0', 'verify() is clean after repair');
 
-reload_with(["entity_cache.mode = 'refresh'"]);
+reload_settings(["entity_cache.mode = 'refresh'"]);
 settle();
 redis_cli($redis, 'SET', 'entity:metadata:p4', '{"stale":true}');
 psql('SELECT count(*) FROM entity_cache.verify(repair => true)');
@@ -235,7 +234,7 @@ ok(settle(), 'refresh-mode repair applied');
 is(redis_cli($redis, 'GET', 'entity:metadata:p4'),
 	psql(q{SELECT app.entity_json(e) FROM app.entity e WHERE code = 'p4'}),
 	'refresh mode: repair rewrote the stale key from its row');
-reload_with(["entity_cache.mode = 'delete'"]);
+reload_settings(["entity_cache.mode = 'delete'"]);
 
 # Each batch has a snapshot of its own: a row changed (and its fresh value
 # cached) while verify() is blocked in an earlier batch is compared as it

@@ -18,7 +18,8 @@ our @EXPORT = qw(start_redis restart_redis redis_cli stop_redis new_node
   ec_status worker_pid redis_exist_count worker_count new_standby
   wait_for_worker never_within make_test_certs redis_url
   start_redis_cluster cluster_cli cluster_primaries cluster_wait_ok
-  cluster_dump row_jsons lost_and_stale start_update_load finish_update_load);
+  cluster_dump row_jsons lost_and_stale start_update_load finish_update_load
+  reload_with);
 
 # What the last status, query or redis-cli call of a wait saw: wait_until
 # prints it when it gives up, as poll_query_until prints the last output.
@@ -540,6 +541,14 @@ sub new_standby
 }
 
 # entity_cache.sync() until true: everything committed so far is in Redis
+# reload_with($node, $sql): run $sql (ALTER SYSTEM statements, ';'-separated)
+# in the postgres database, then reload the configuration
+sub reload_with
+{
+	my ($node, $sql) = @_;
+	$node->safe_psql('postgres', "$sql; SELECT pg_reload_conf();");
+}
+
 sub wait_for_sync
 {
 	my ($node, $timeout) = @_;

@@ -81,23 +81,18 @@ static uint64 redirections = 0;
 static void
 publish_status(EcConn *loaded_from)
 {
-	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz now;
 
 	/* a backend with a cluster connection of its own is not the worker */
 	if (!ec_am_worker())
 		return;
 	if (loaded_from || !active)
-		ec_shared_set_text(ec_shared->redis_node, sizeof(ec_shared->redis_node),
-						   loaded_from ? ec_conn_node(loaded_from) : "");
+		ec_redis_publish_node(loaded_from);
+	now = loaded_from ? GetCurrentTimestamp() : 0;
 	SpinLockAcquire(&ec_shared->mutex);
 	ec_shared->cluster_nodes = active ? map->nnodes : 0;
 	if (loaded_from)
-	{
 		ec_shared->cluster_slots_loaded_at = now;
-		ec_shared->redis_tls = ec_conn_is_tls(loaded_from);
-	}
-	else if (!active)
-		ec_shared->redis_tls = false;
 	ec_shared->cluster_redirections = redirections;
 	SpinLockRelease(&ec_shared->mutex);
 }

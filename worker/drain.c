@@ -77,6 +77,14 @@ typedef struct Lookup
 static List *lookups = NIL;		/* in TopMemoryContext */
 static MemoryContext batch_cxt = NULL;
 
+static void
+ensure_batch_cxt(void)
+{
+	if (batch_cxt == NULL)
+		batch_cxt = AllocSetContextCreate(TopMemoryContext, "entity_cache batch",
+										  ALLOCSET_DEFAULT_SIZES);
+}
+
 /*
  * Where the next batch starts: just past the last row of a full batch, or
  * invalid for the beginning of the table.  While a backlog drains, each
@@ -278,21 +286,21 @@ get_lookup(Relation rel, const char *template)
 												RelationGetRelationName(rel)));
 	for (int i = 0; i < bt.parsed.nparts; i++)
 	{
+		Form_pg_attribute att;
 		Oid			typinput;
 
 		if (!bt.parsed.parts[i].is_column)
 			continue;
-		argtypes[l->nargs] = bt.atttypes[i];
-		getTypeInputInfo(bt.atttypes[i], &typinput, &l->ioparam[l->nargs]);
+		att = TupleDescAttr(RelationGetDescr(rel), bt.attnums[i] - 1);
+		argtypes[l->nargs] = att->atttypid;
+		getTypeInputInfo(att->atttypid, &typinput, &l->ioparam[l->nargs]);
 		fmgr_info_cxt(typinput, &l->input[l->nargs], TopMemoryContext);
-		l->typmod[l->nargs] = bt.atttypmods[i];
+		l->typmod[l->nargs] = att->atttypmod;
 		l->nargs++;
 		/* typed parameters: the column's own equality and index */
 		appendStringInfo(&sql, "%st.%s = $%d",
 						 l->nargs > 1 ? " AND " : "",
-						 quote_identifier(NameStr(TupleDescAttr(RelationGetDescr(rel),
-																bt.attnums[i] - 1)->attname)),
-						 l->nargs);
+						 quote_identifier(NameStr(att->attname)), l->nargs);
 	}
 	appendStringInfoString(&sql, " LIMIT 2");
 
@@ -363,6 +371,23 @@ lookup_json(EcQueueRow *r)
 	return json;
 }
 
+/* Does refresh mode or a write need row r's JSON? */
+static bool
+needs_lookup(const EcQueueRow *r)
+{
+	return r->key != NULL &&
+		(r->op == EC_OP_WRITE || (r->op == EC_OP_KEY && ec_mode == EC_MODE_REFRESH));
+}
+
+static bool
+batch_needs_lookup(const EcQueueRow *rows, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (needs_lookup(&rows[i]))
+			return true;
+	return false;
+}
+
 /*
  * Run lookup_json() for rows [from, to) in one subtransaction.  On an
  * error, roll it back and return false with *edata set (in the caller's
@@ -380,9 +405,7 @@ lookup_range(EcQueueRow *rows, int from, int to, char **jsons, ErrorData **edata
 	PG_TRY();
 	{
 		for (int i = from; i < to; i++)
-			if (rows[i].key != NULL &&
-				((rows[i].op == EC_OP_KEY && ec_mode == EC_MODE_REFRESH) ||
-				 rows[i].op == EC_OP_WRITE))
+			if (needs_lookup(&rows[i]))
 				jsons[i] = lookup_json(&rows[i]);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
@@ -423,7 +446,7 @@ lookup_all(EcQueueRow *rows, int n, char **jsons)
 	FreeErrorData(edata);
 	for (int i = 0; i < n; i++)
 	{
-		if (rows[i].op != EC_OP_KEY || rows[i].key == NULL)
+		if (!needs_lookup(&rows[i]))
 			continue;
 		if (lookup_range(rows, i, i + 1, jsons, &edata))
 			continue;
@@ -582,19 +605,15 @@ apply_keys_cluster(EcQueueRow *rows, int n, char **jsons, const char *ttl,
 static bool
 apply_rows(EcQueueRow *rows, int n, StringInfo err)
 {
-	bool		refresh = (ec_mode == EC_MODE_REFRESH);
 	char	  **jsons = MemoryContextAllocZero(batch_cxt, sizeof(char *) * n);
 	const char **argv = MemoryContextAlloc(batch_cxt, sizeof(char *) * (UNLINK_CHUNK + 1));
 	size_t	   *argvlen = MemoryContextAlloc(batch_cxt, sizeof(size_t) * (UNLINK_CHUNK + 1));
 	int			nargs = 0;
 	char		ttl[16];
-	bool		need_lookup = false;
 
 	snprintf(ttl, sizeof(ttl), "%d", ec_ttl);
 	collapse_duplicates(rows, n);
-	for (int i = 0; i < n; i++)
-		need_lookup |= rows[i].op == EC_OP_WRITE && rows[i].key != NULL;
-	if (refresh || need_lookup)
+	if (batch_needs_lookup(rows, n))
 		lookup_all(rows, n, jsons);
 
 	/* flushes first: a TRUNCATE then INSERT in one batch must end cached */
@@ -800,13 +819,7 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	Relation	rel;
 
 	*napplied = 0;
-	if (batch_cxt == NULL)
-		batch_cxt = AllocSetContextCreate(TopMemoryContext, "entity_cache batch",
-										  ALLOCSET_DEFAULT_SIZES);
-
-	/* before the snapshot: it sees every commit that finished by then */
-	if (!ItemPointerIsValid(&watermark))
-		pass_drained_as_of = GetCurrentTimestamp();
+	ensure_batch_cxt();
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 
@@ -821,8 +834,10 @@ ec_drain_batch(int batch_size, uint64 *napplied, TimestampTz *drained_as_of,
 	{
 		ItemPointerSetInvalid(&watermark);
 		watermark_relid = RelationGetRelid(rel);
-		pass_drained_as_of = GetCurrentTimestamp();	/* still before the snapshot */
 	}
+	/* a pass starts: before the snapshot, which sees every commit by then */
+	if (!ItemPointerIsValid(&watermark))
+		pass_drained_as_of = GetCurrentTimestamp();
 	if (!ec_queue_shape_ok(RelationGetDescr(rel)))
 	{
 		table_close(rel, NoLock);
@@ -883,14 +898,9 @@ bool
 ec_apply_again(EcQueueRow *rows, int n, StringInfo err)
 {
 	bool		ok;
-	bool		reads_rows = (ec_mode == EC_MODE_REFRESH);
 
-	if (batch_cxt == NULL)
-		batch_cxt = AllocSetContextCreate(TopMemoryContext, "entity_cache batch",
-										  ALLOCSET_DEFAULT_SIZES);
-	for (int i = 0; i < n && !reads_rows; i++)
-		reads_rows = (rows[i].op == EC_OP_WRITE);
-	if (!reads_rows)
+	ensure_batch_cxt();
+	if (!batch_needs_lookup(rows, n))
 	{
 		ok = apply_rows(rows, n, err);
 		MemoryContextReset(batch_cxt);

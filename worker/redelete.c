@@ -360,6 +360,10 @@ ec_redelete_run_due(void)
 
 	if (pending == NULL || pairingheap_is_empty(by_due) || !ec_redis_is_connected())
 		return true;
+	/* the common case after a batch: nothing due yet */
+	if (pairingheap_container(Pending, ph_node, pairingheap_first(by_due))->due > now &&
+		hash_get_num_entries(pending) <= MAX_PENDING)
+		return true;
 	rows = palloc(sizeof(EcQueueRow) * RUN_CHUNK);
 	taken = palloc(sizeof(Pending *) * RUN_CHUNK);
 	early = palloc(sizeof(bool) * RUN_CHUNK);
@@ -375,19 +379,15 @@ ec_redelete_run_due(void)
 		early[n] = over && p->due > now;
 		taken[n++] = p;
 	}
-	if (n > 0)
-	{
-		initStringInfo(&err);
-		ok = ec_apply_again(rows, n, &err);
-		requeue_taken(taken, early, n, ok);
-		if (ok)
-			publish_count();
-		else
-			ec_set_error("redelete: %s", err.data);
-		pfree(err.data);
-	}
+	/* the check above makes n at least 1 */
+	initStringInfo(&err);
+	ok = ec_apply_again(rows, n, &err);
+	requeue_taken(taken, early, n, ok);
+	if (ok)
+		publish_count();
 	else
-		ok = true;
+		ec_set_error("redelete: %s", err.data);
+	pfree(err.data);
 	pfree(rows);
 	pfree(taken);
 	pfree(early);

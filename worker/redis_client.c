@@ -58,9 +58,9 @@ static char *used_sentinel_password = NULL;
 /* pause between two rounds of asking the sentinels during a failover */
 #define SENTINEL_RETRY_MS 100
 
-/* status: which node we are connected to, and whether over TLS */
-static void
-publish_node(EcConn *c)
+/* status: which node we are connected to (NULL: none), and whether over TLS */
+void
+ec_redis_publish_node(EcConn *c)
 {
 	/* a backend with a connection of its own (verify()) is not the worker */
 	if (!ec_am_worker())
@@ -76,7 +76,7 @@ void
 ec_redis_disconnect(void)
 {
 	if (conn)
-		publish_node(NULL);
+		ec_redis_publish_node(NULL);
 	ec_conn_close(conn);
 	conn = NULL;
 	ec_cluster_reset();
@@ -420,7 +420,7 @@ cluster_enabled(EcConn *c)
  * any node can tell the slot map.
  */
 static EcConn *
-connect_hosts(StringInfo err)
+connect_hosts(StringInfo err, bool *is_cluster)
 {
 	for (int i = 0; i < cur_url.nhosts; i++)
 	{
@@ -429,7 +429,8 @@ connect_hosts(StringInfo err)
 		if (i > 0)
 			appendStringInfoString(err, "; ");
 		c = ec_redis_open_node(cur_url.hosts[i].host, cur_url.hosts[i].port, err);
-		if (c && (cur_url.nhosts == 1 || cluster_enabled(c) || confirm_master(c, err)))
+		*is_cluster = c && cluster_enabled(c);
+		if (c && (cur_url.nhosts == 1 || *is_cluster || confirm_master(c, err)))
 		{
 			resetStringInfo(err);
 			return c;
@@ -525,6 +526,7 @@ ec_redis_connect(const char *urltext, const char *password_override,
 				 int timeout_ms, StringInfo err)
 {
 	const char *perr;
+	bool		is_cluster = false;
 
 	ec_redis_disconnect();
 	remember_settings();
@@ -549,9 +551,9 @@ ec_redis_connect(const char *urltext, const char *password_override,
 	else if (cur_url.sentinel)
 		conn = connect_sentinel(err);
 	else
-		conn = connect_hosts(err);
-	publish_node(conn);
-	if (conn && !cur_url.is_unix && !cur_url.sentinel && cluster_enabled(conn))
+		conn = connect_hosts(err, &is_cluster);
+	ec_redis_publish_node(conn);
+	if (conn && is_cluster)
 		return start_cluster(err);
 	return conn != NULL;
 }

@@ -21,6 +21,8 @@
 extern bool ec_redis_connect(const char *url, const char *password_override,
 							 int timeout_ms, StringInfo err);
 extern void ec_redis_disconnect(void);
+/* status.redis_node and redis_tls (the worker only); NULL: not connected */
+extern void ec_redis_publish_node(EcConn *c);
 extern bool ec_redis_is_connected(void);
 
 /* Pipelining: append commands, then read all their replies in one go. */
