@@ -541,7 +541,7 @@ ec_cluster_run(EcRoutedCmd *cmds, int n, StringInfo err)
  */
 static bool
 scan_page(int k, char *cursor, size_t cursorsize, const char *pattern,
-		  size_t len, EcClusterKeysFn fn, void *arg, StringInfo err)
+		  size_t len, EcScanPageFn fn, void *arg, StringInfo err)
 {
 	const char *argv[6] = {"SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT};
 	size_t		argvlen[6] = {4, strlen(cursor), 5, len, 5, strlen(SCAN_COUNT)};
@@ -549,8 +549,6 @@ scan_page(int k, char *cursor, size_t cursorsize, const char *pattern,
 										ec_deadline_after(ec_redis_timeout()),
 										"Redis SCAN failed", err);
 	redisReply *keys;
-	const char **kv;
-	size_t	   *kl;
 	bool		ok;
 
 	if (reply == NULL)
@@ -573,8 +571,6 @@ scan_page(int k, char *cursor, size_t cursorsize, const char *pattern,
 	cursor[reply->element[0]->len] = '\0';
 
 	keys = reply->element[1];
-	kv = palloc(sizeof(char *) * Max(keys->elements, 1));
-	kl = palloc(sizeof(size_t) * Max(keys->elements, 1));
 	for (size_t i = 0; i < keys->elements; i++)
 	{
 		if (keys->element[i]->type != REDIS_REPLY_STRING)
@@ -584,18 +580,14 @@ scan_page(int k, char *cursor, size_t cursorsize, const char *pattern,
 			freeReplyObject(reply);
 			return false;
 		}
-		kv[i] = keys->element[i]->str;
-		kl[i] = keys->element[i]->len;
 	}
-	ok = keys->elements == 0 || fn(arg, (int) keys->elements, kv, kl, err);
-	pfree(kv);
-	pfree(kl);
+	ok = keys->elements == 0 || fn(arg, keys, err);
 	freeReplyObject(reply);
 	return ok;
 }
 
 bool
-ec_cluster_scan(const char *pattern, size_t len, EcClusterKeysFn fn, void *arg,
+ec_cluster_scan(const char *pattern, size_t len, EcScanPageFn fn, void *arg,
 				StringInfo err)
 {
 	EcClusterNode *nodes;
@@ -628,23 +620,6 @@ ec_cluster_scan(const char *pattern, size_t len, EcClusterKeysFn fn, void *arg,
 		} while (strcmp(cursor, "0") != 0);
 	}
 	return true;
-}
-
-/* A page of keys to flush: one UNLINK per key, each to its slot's owner. */
-static bool
-unlink_keys(void *arg, int n, const char *const *keys, const size_t *lens,
-			StringInfo err)
-{
-	for (int i = 0; i < n; i++)
-		ec_cluster_append(2, (const char *[]) {"UNLINK", keys[i]}, (size_t[]) {6, lens[i]});
-	return ec_cluster_read_replies(err);
-}
-
-bool
-ec_cluster_flush_pattern(const char *pattern, size_t len,
-						 StringInfo err)
-{
-	return ec_cluster_scan(pattern, len, unlink_keys, NULL, err);
 }
 
 /*

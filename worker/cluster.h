@@ -66,15 +66,15 @@ extern void ec_cluster_append(int argc, const char **argv, const size_t *argvlen
 extern bool ec_cluster_read_replies(StringInfo err);
 
 /*
- * SCAN MATCH pattern on every primary: fn gets each page's keys (they live
- * until it returns); false with err set stops the scan.
+ * A page of SCAN MATCH keys (an array reply of strings, valid only during
+ * the call); false with err set stops the scan.  redis_client.c's page
+ * readers (UNLINK them, hand each to a callback) serve one node and a
+ * cluster alike.
  */
-typedef bool (*EcClusterKeysFn) (void *arg, int n, const char *const *keys,
-								 const size_t *lens, StringInfo err);
-extern bool ec_cluster_scan(const char *pattern, size_t len, EcClusterKeysFn fn,
-							void *arg, StringInfo err);
+typedef bool (*EcScanPageFn) (void *arg, const struct redisReply *keys, StringInfo err);
 
-/* SCAN MATCH pattern + UNLINK on every primary. */
-extern bool ec_cluster_flush_pattern(const char *pattern, size_t len, StringInfo err);
+/* SCAN MATCH pattern on every primary, each page to fn */
+extern bool ec_cluster_scan(const char *pattern, size_t len, EcScanPageFn fn,
+							void *arg, StringInfo err);
 
 #endif							/* EC_CLUSTER_H */

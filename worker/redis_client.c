@@ -699,11 +699,9 @@ ec_redis_read_replies(StringInfo err)
  * the scan is complete.  The one reader of SCAN replies, for flushes and
  * for verify()'s orphan search.
  */
-typedef bool (*ScanPageFn) (void *arg, const redisReply *keys, StringInfo err);
-
 static bool
 scan_page(const char *pattern, size_t len, char *cursor, size_t cursorsize,
-		  ScanPageFn page_cb, void *arg, StringInfo err)
+		  EcScanPageFn page_cb, void *arg, StringInfo err)
 {
 	const char *argv[6] = {"SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT};
 	size_t		argvlen[6] = {4, strlen(cursor), 5, len, 5, strlen(SCAN_COUNT)};
@@ -736,7 +734,7 @@ scan_page(const char *pattern, size_t len, char *cursor, size_t cursorsize,
 
 /* Every page of a SCAN MATCH, to page_cb. */
 static bool
-scan_all(const char *pattern, size_t len, ScanPageFn page_cb, void *arg,
+scan_all(const char *pattern, size_t len, EcScanPageFn page_cb, void *arg,
 		 StringInfo err)
 {
 	char		cursor[32] = "0";
@@ -749,7 +747,10 @@ scan_all(const char *pattern, size_t len, ScanPageFn page_cb, void *arg,
 	return true;
 }
 
-/* A flush's page: UNLINK its keys in one command. */
+/*
+ * A flush's page: UNLINK its keys in one command (on a cluster the
+ * pipeline splits it into one per key, each to its slot's owner).
+ */
 static bool
 unlink_page(void *arg, const redisReply *keys, StringInfo err)
 {
@@ -777,7 +778,7 @@ bool
 ec_redis_flush_pattern(const char *pattern, size_t len, StringInfo err)
 {
 	if (ec_cluster_active())
-		return ec_cluster_flush_pattern(pattern, len, err);
+		return ec_cluster_scan(pattern, len, unlink_page, NULL, err);
 	return scan_all(pattern, len, unlink_page, NULL, err);
 }
 
@@ -889,18 +890,6 @@ each_key(void *arg, const redisReply *keys, StringInfo err)
 	return true;
 }
 
-/* the same on a cluster's pages (every primary's) */
-static bool
-each_cluster_key(void *arg, int n, const char *const *keys, const size_t *lens,
-				 StringInfo err)
-{
-	ScanKeys   *sk = arg;
-
-	for (int i = 0; i < n; i++)
-		sk->cb(sk->arg, keys[i], lens[i]);
-	return true;
-}
-
 bool
 ec_redis_scan(const char *pattern, size_t len, EcScanFn cb, void *arg,
 			  StringInfo err)
@@ -908,6 +897,6 @@ ec_redis_scan(const char *pattern, size_t len, EcScanFn cb, void *arg,
 	ScanKeys	sk = {cb, arg};
 
 	if (ec_cluster_active())
-		return ec_cluster_scan(pattern, len, each_cluster_key, &sk, err);
+		return ec_cluster_scan(pattern, len, each_key, &sk, err);
 	return scan_all(pattern, len, each_key, &sk, err);
 }
