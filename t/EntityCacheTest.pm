@@ -506,13 +506,20 @@ sub _saw_query
 }
 
 # PID of the worker as pg_stat_activity shows it; '' if none, or if the
-# server does not answer (it may be restarting after a crash)
+# server does not answer (it may be restarting after a crash).  While the
+# server restarts, psql can exit before it reads the query from its stdin:
+# IPC::Run then dies writing to the pipe ("Broken pipe"), which here is
+# one more way of not answering, not a test failure.
 sub worker_pid
 {
 	my ($node) = @_;
-	my ($ret, $out, $err) = $node->psql('postgres',
-		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'entity_cache worker'");
-	return _saw("worker pid: $out$err", $ret == 0 ? $out : '');
+	my ($ret, $out, $err) = (undef, '', '');
+	eval {
+		($ret, $out, $err) = $node->psql('postgres',
+			"SELECT pid FROM pg_stat_activity WHERE backend_type = 'entity_cache worker'");
+		1;
+	} or $err = "psql: $@";
+	return _saw("worker pid: $out$err", defined $ret && $ret == 0 ? $out : '');
 }
 
 # how many entity_cache workers the node runs (0 on a standby)
