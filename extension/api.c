@@ -212,13 +212,15 @@ queue_spi_rows(EcQueueWriter *w, EcBoundTemplate *bt, Oid relid,
 {
 	int			nest = ec_render_begin(bt, 1);
 	int			n = 0;
+	EcRowValues rv;
 
+	ec_row_values_init(&rv, SPI_tuptable->tupdesc);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		EcSpiRow	r = {SPI_tuptable->vals[i], SPI_tuptable->tupdesc};
 		Datum		vals;
 
-		if (ec_render_key(bt, ec_spi_row_value, &r, key, &vals))
+		rv.tuple = SPI_tuptable->vals[i];
+		if (ec_render_key(bt, ec_row_value, &rv, key, &vals))
 		{
 			ec_queue_add(w, EC_OP_KEY, key->data, relid, watch_arg, vals, false);
 			n++;

@@ -23,40 +23,11 @@
 #include "executor/executor.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/tuplestore.h"
 
 PG_FUNCTION_INFO_V1(entity_cache_capture);
-
-typedef struct SlotValues
-{
-	TupleTableSlot *slot;
-	FmgrInfo   *outfuncs;		/* per attribute, fn_oid 0 until first use */
-} SlotValues;
-
-static const char *
-slot_value(void *arg, AttrNumber attnum)
-{
-	SlotValues *sv = arg;
-	bool		isnull;
-	Datum		d = slot_getattr(sv->slot, attnum, &isnull);
-	FmgrInfo   *f = &sv->outfuncs[attnum - 1];
-
-	if (isnull)
-		return NULL;
-	if (f->fn_oid == InvalidOid)
-	{
-		Oid			typoutput;
-		bool		typisvarlena;
-
-		getTypeOutputInfo(TupleDescAttr(sv->slot->tts_tupleDescriptor, attnum - 1)->atttypid,
-						  &typoutput, &typisvarlena);
-		fmgr_info(typoutput, f);
-	}
-	return OutputFunctionCall(f, d);
-}
 
 /*
  * Queue the keys of every row of the given transition tables (an UPDATE
@@ -74,7 +45,7 @@ capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate **stores, int nstor
 												 "entity_cache capture row",
 												 ALLOCSET_SMALL_SIZES);
 	MemoryContext oldcxt;
-	SlotValues	sv;
+	EcRowValues rv;
 	StringInfoData key;
 	int			nest;
 
@@ -85,8 +56,8 @@ capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate **stores, int nstor
 	 */
 	bool		lookup = (ec_mode == EC_MODE_REFRESH);
 
-	sv.slot = slot;
-	sv.outfuncs = palloc0(sizeof(FmgrInfo) * desc->natts);
+	ec_row_values_init(&rv, desc);
+	rv.slot = slot;
 	initStringInfo(&key);
 
 	/*
@@ -115,7 +86,7 @@ capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate **stores, int nstor
 
 				if (!bts[i].complete)
 					continue;
-				if (ec_render_key(&bts[i], slot_value, &sv, &key, lookup ? &vals : NULL))
+				if (ec_render_key(&bts[i], ec_row_value, &rv, &key, lookup ? &vals : NULL))
 					ec_queue_add(w, EC_OP_KEY, key.data,
 								 lookup ? RelationGetRelid(rel) : InvalidOid,
 								 lookup ? wts[i]->arg : NULL, vals, !lookup);

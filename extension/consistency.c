@@ -80,6 +80,7 @@ entity_cache_warm(PG_FUNCTION_ARGS)
 	int64		nrows = 0;
 	int			nest = 0;
 	MemoryContext rowcxt;
+	EcRowValues rv;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -110,18 +111,21 @@ entity_cache_warm(PG_FUNCTION_ARGS)
 								 SPI_tuptable->tupdesc);
 			/* the keys the capture trigger would render, whatever our settings */
 			nest = ec_render_begin(bts, nt);
+			ec_row_values_init(&rv, SPI_tuptable->tupdesc);
 		}
+		/* every fetch has a descriptor of its own, of the same columns */
+		rv.desc = SPI_tuptable->tupdesc;
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
-			EcSpiRow	r = {SPI_tuptable->vals[i], SPI_tuptable->tupdesc};
 			MemoryContext old = MemoryContextSwitchTo(rowcxt);
 
+			rv.tuple = SPI_tuptable->vals[i];
 			for (int t = 0; t < nt; t++)
 			{
 				Datum		vals;
 
 				if (bts[t].complete &&
-					ec_render_key(&bts[t], ec_spi_row_value, &r, &key, &vals))
+					ec_render_key(&bts[t], ec_row_value, &rv, &key, &vals))
 					ec_queue_add(w, EC_OP_WRITE, key.data, RelationGetRelid(rel),
 								 ((EcWatched *) list_nth(wts, t))->arg, vals, false);
 			}
@@ -234,7 +238,7 @@ compare_batch(Verify *v, MemoryContext keep)
  * the table's columns, then one value per template) and compare them.
  */
 static void
-verify_rows(Verify *v, EcBoundTemplate *bts, MemoryContext keep)
+verify_rows(Verify *v, EcBoundTemplate *bts, EcRowValues *row, MemoryContext keep)
 {
 	TupleDesc	desc = SPI_tuptable->tupdesc;
 	int			nvalcol = desc->natts - v->nt;
@@ -248,24 +252,24 @@ verify_rows(Verify *v, EcBoundTemplate *bts, MemoryContext keep)
 	v->vals = palloc(sizeof(Datum) * Max(cap, 1));
 	v->tmpl = palloc(sizeof(int) * Max(cap, 1));
 	initStringInfo(&key);
+	row->desc = desc;
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		EcSpiRow	r = {SPI_tuptable->vals[i], desc};
-
+		row->tuple = SPI_tuptable->vals[i];
 		for (int t = 0; t < v->nt; t++)
 		{
 			Datum		vals;
 			MemoryContext old;
 
 			if (!bts[t].complete ||
-				!ec_render_key(&bts[t], ec_spi_row_value, &r, &key, &vals))
+				!ec_render_key(&bts[t], ec_row_value, row, &key, &vals))
 				continue;
 			old = MemoryContextSwitchTo(keep);
 			remember_key(v, key.data);
 			MemoryContextSwitchTo(old);
 			v->keys[v->nkeys] = pstrdup(key.data);
 			v->keylens[v->nkeys] = key.len;
-			v->expected[v->nkeys] = SPI_getvalue(r.tuple, desc, nvalcol + t + 1);
+			v->expected[v->nkeys] = SPI_getvalue(row->tuple, desc, nvalcol + t + 1);
 			v->vals[v->nkeys] = vals;
 			v->tmpl[v->nkeys] = t;
 			v->nkeys++;
@@ -290,6 +294,7 @@ verify_leaf(Verify *v, Oid leaf, MemoryContext keep)
 	BlockNumber step = 8;
 	bool		bound = false;
 	EcBoundTemplate *bts = palloc(sizeof(EcBoundTemplate) * v->nt);
+	EcRowValues row;
 	MemoryContext batchcxt = AllocSetContextCreate(CurrentMemoryContext,
 												   "entity_cache verify batch",
 												   ALLOCSET_DEFAULT_SIZES);
@@ -316,10 +321,11 @@ verify_leaf(Verify *v, Oid leaf, MemoryContext keep)
 			for (int t = 0; t < v->nt; t++)
 				ec_bind_template(&bts[t], ((EcWatched *) list_nth(v->wts, t))->template,
 								 SPI_tuptable->tupdesc);
+			ec_row_values_init(&row, SPI_tuptable->tupdesc);
 			MemoryContextSwitchTo(batchcxt);
 			bound = true;
 		}
-		verify_rows(v, bts, keep);
+		verify_rows(v, bts, &row, keep);
 		start += step;
 		/* aim at VERIFY_BATCH_ROWS rows per batch */
 		if (SPI_processed < VERIFY_BATCH_ROWS / 2 && step < VERIFY_MAX_BLOCKS)

@@ -10,6 +10,7 @@
 
 #include "keys.h"
 
+#include "access/htup_details.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
@@ -196,12 +197,40 @@ ec_render_key(const EcBoundTemplate *bt, EcValueFn fn, void *arg,
 	return true;
 }
 
-const char *
-ec_spi_row_value(void *arg, AttrNumber attnum)
+void
+ec_row_values_init(EcRowValues *rv, TupleDesc desc)
 {
-	EcSpiRow   *r = arg;
+	rv->desc = desc;
+	rv->slot = NULL;
+	rv->tuple = NULL;
+	rv->outfuncs = palloc0(sizeof(FmgrInfo) * desc->natts);
+	rv->fn_cxt = CurrentMemoryContext;
+}
 
-	return SPI_getvalue(r->tuple, r->desc, attnum);
+const char *
+ec_row_value(void *arg, AttrNumber attnum)
+{
+	EcRowValues *rv = arg;
+	FmgrInfo   *f = &rv->outfuncs[attnum - 1];
+	bool		isnull;
+	Datum		d;
+
+	if (rv->slot)
+		d = slot_getattr(rv->slot, attnum, &isnull);
+	else
+		d = heap_getattr(rv->tuple, attnum, rv->desc, &isnull);
+	if (isnull)
+		return NULL;
+	if (f->fn_oid == InvalidOid)
+	{
+		Oid			typoutput;
+		bool		typisvarlena;
+
+		getTypeOutputInfo(TupleDescAttr(rv->desc, attnum - 1)->atttypid,
+						  &typoutput, &typisvarlena);
+		fmgr_info_cxt(typoutput, f, rv->fn_cxt);
+	}
+	return OutputFunctionCall(f, d);
 }
 
 /*

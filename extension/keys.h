@@ -12,6 +12,8 @@
 
 #include "access/htup.h"
 #include "access/tupdesc.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
 #include "utils/relcache.h"
 #include "lib/stringinfo.h"
 #include "template.h"
@@ -60,13 +62,24 @@ extern int	ec_render_begin(const EcBoundTemplate *bts, int n);
 extern void ec_canonical_end(int nest);
 extern void ec_canonical_settings(void);
 
-/* an EcValueFn over a row that SPI returned */
-typedef struct EcSpiRow
+/*
+ * The EcValueFn of every row reader (capture trigger, invalidate(), warm(),
+ * verify()): the current row is a slot or, when slot is NULL, a heap tuple
+ * of desc.  Each column's output function is looked up once, in the context
+ * that was current at ec_row_values_init(): some output functions (arrays,
+ * ranges, records) cache their own state there, so it must outlive the
+ * per-row contexts the readers reset.
+ */
+typedef struct EcRowValues
 {
-	HeapTuple	tuple;
 	TupleDesc	desc;
-} EcSpiRow;
-extern const char *ec_spi_row_value(void *arg, AttrNumber attnum);
+	TupleTableSlot *slot;
+	HeapTuple	tuple;
+	FmgrInfo   *outfuncs;		/* per attribute, fn_oid 0 until first use */
+	MemoryContext fn_cxt;
+} EcRowValues;
+extern void ec_row_values_init(EcRowValues *rv, TupleDesc desc);
+extern const char *ec_row_value(void *arg, AttrNumber attnum);
 extern char *ec_value_sql(const char *value, const char *alias);
 extern char *ec_check_value_fn(Oid relid, Oid fnoid);
 

@@ -187,6 +187,34 @@ SELECT 'ts:' || ts || '|d:' || d || '|t:' || t || '|tz:' || tz || '|tsl:' || tsl
 FROM app.typed;
 RESET ALL;
 
+-- output functions that keep state of their own between calls (arrays,
+-- ranges, records) over statements of many rows: every key right (they
+-- once kept it in a context reset after each row, and the second row
+-- crashed the writer)
+CREATE TYPE app.pair AS (a int, b text);
+CREATE TABLE app.stateful (id int, tags int[], r int4range, tt text[], p app.pair);
+SELECT entity_cache.watch('app.stateful', 's:{tags}|{r}|{tt}|{p}');
+CREATE FUNCTION stateful_keys() RETURNS SETOF text LANGUAGE sql AS $$
+    SELECT 's:' || tags::text || '|' || r::text || '|' || tt::text || '|' || p::text
+    FROM app.stateful
+$$;
+INSERT INTO app.stateful
+SELECT g, ARRAY[g, g + 1, g + 2, g + 3, g + 4, g + 5], int4range(g, g + 10),
+       ARRAY['x' || g, 'y', 'z z'], ROW(g, 'b ' || g)::app.pair
+FROM generate_series(1, 500) g;
+SELECT count(*) AS queued, count(*) FILTER (WHERE key IN (SELECT stateful_keys())) AS right_keys
+FROM take_queue();
+-- an UPDATE that changes the key columns queues the old and the new keys
+UPDATE app.stateful SET tags = tags || id, p = ROW(id, 'c')::app.pair;
+SELECT count(*) AS queued, count(*) FILTER (WHERE key IN (SELECT stateful_keys())) AS new_keys
+FROM take_queue();
+SELECT entity_cache.warm('app.stateful');
+SELECT count(*) AS queued, count(*) FILTER (WHERE key IN (SELECT stateful_keys())) AS right_keys
+FROM take_queue();
+DROP FUNCTION stateful_keys();
+DROP TABLE app.stateful;
+DROP TYPE app.pair;
+
 -- invalidate() renders app.entity's keys the same way
 SELECT entity_cache.watch('app.entity', 'entity:at:{modified_ts}');
 INSERT INTO app.entity (code, label, modified_ts) VALUES ('kt', 'x', '2024-01-02 03:04:05+00');
