@@ -269,7 +269,7 @@ verify_rows(Verify *v, EcBoundTemplate *bts, EcRowValues *row, MemoryContext kee
 			MemoryContextSwitchTo(old);
 			v->keys[v->nkeys] = pstrdup(key.data);
 			v->keylens[v->nkeys] = key.len;
-			v->expected[v->nkeys] = SPI_getvalue(row->tuple, desc, nvalcol + t + 1);
+			v->expected[v->nkeys] = (char *) ec_row_value(row, nvalcol + t + 1);
 			v->vals[v->nkeys] = vals;
 			v->tmpl[v->nkeys] = t;
 			v->nkeys++;
