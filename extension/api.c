@@ -294,7 +294,12 @@ entity_cache_invalidate(PG_FUNCTION_ARGS)
 		EcBoundTemplate bt;
 		Datum		vals;
 
-		ec_bind_template(&bt, wt->template, RelationGetDescr(rel));
+		/*
+		 * Rows are read by position in SPI's descriptor, which has no
+		 * dropped columns; the code alone is read by the table's.
+		 */
+		ec_bind_template(&bt, wt->template,
+						 SPI_processed == 0 ? RelationGetDescr(rel) : SPI_tuptable->tupdesc);
 		if (!bt.complete)
 			continue;
 		if (SPI_processed == 0)
