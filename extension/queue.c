@@ -228,6 +228,27 @@ ec_queue_shape_ok(TupleDesc desc)
 	return true;
 }
 
+/*
+ * Can the catalog insert path maintain every index of the queue?  It
+ * handles plain immediate indexes only: an expression index would crash
+ * it (it has no executor state to evaluate one), and a partial or
+ * exclusion index would be maintained wrongly.
+ */
+static bool
+queue_indexes_ok(CatalogIndexState indstate)
+{
+	for (int i = 0; i < indstate->ri_NumIndices; i++)
+	{
+		IndexInfo  *ii = indstate->ri_IndexRelationInfo[i];
+
+		if (ii->ii_Expressions != NIL || ii->ii_Predicate != NIL ||
+			ii->ii_ExclusionOps != NULL ||
+			!indstate->ri_IndexRelationDescs[i]->rd_index->indimmediate)
+			return false;
+	}
+	return true;
+}
+
 EcQueueWriter *
 ec_queue_open(void)
 {
@@ -243,6 +264,12 @@ ec_queue_open(void)
 				 errhint("The table was changed by hand, or the extension's SQL and library versions differ. "
 						 "Reinstall: DROP EXTENSION entity_cache CASCADE; CREATE EXTENSION entity_cache; then watch() again.")));
 	w->indstate = CatalogOpenIndexes(w->rel);
+	if (!queue_indexes_ok(w->indstate))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("entity_cache.queue has an index this library cannot maintain"),
+				 errdetail("Only plain column indexes are supported on the queue: no expression, partial, exclusion or deferrable ones."),
+				 errhint("Drop that index from entity_cache.queue (it needs none).")));
 	w->now = GetCurrentTimestamp();
 	w->slot_cxt = CurrentMemoryContext;
 	w->cxt = AllocSetContextCreate(CurrentMemoryContext, "entity_cache queue rows",
