@@ -294,7 +294,12 @@ entity_cache_invalidate(PG_FUNCTION_ARGS)
 		EcBoundTemplate bt;
 		Datum		vals;
 
-		ec_bind_template(&bt, wt->template, RelationGetDescr(rel));
+		/*
+		 * Rows are read by position in SPI's descriptor, which has no
+		 * dropped columns; the code alone is read by the table's.
+		 */
+		ec_bind_template(&bt, wt->template,
+						 SPI_processed == 0 ? RelationGetDescr(rel) : SPI_tuptable->tupdesc);
 		if (!bt.complete)
 			continue;
 		if (SPI_processed == 0)
@@ -406,18 +411,22 @@ pending_before(Relation rel, TimestampTz start)
 	return found;
 }
 
+/* a longer timeout waits this long (100 years): its deadline must not overflow */
+#define EC_SYNC_MAX_MS (INT64CONST(36525) * (USECS_PER_DAY / 1000))
+
 static long
 interval_ms(Interval *span)
 {
-	int64		usec = span->time +
-		(int64) span->day * USECS_PER_DAY +
-		(int64) span->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	/* in double: the days and months of a long interval overflow int64 */
+	double		usec = (double) span->time +
+		(double) span->day * USECS_PER_DAY +
+		(double) span->month * DAYS_PER_MONTH * USECS_PER_DAY;
 
 	if (usec < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("timeout must not be negative")));
-	return (long) Min(usec / 1000, (int64) LONG_MAX);
+	return (long) Min(usec / 1000, (double) EC_SYNC_MAX_MS);
 }
 
 /*

@@ -104,17 +104,23 @@ capture_rows(EcQueueWriter *w, Relation rel, Tuplestorestate **stores, int nstor
 /*
  * May the old rows of this UPDATE have other keys than its new rows?  Only
  * if it sets a column some template reads (tg_updatedcols; generated
- * columns included), or if a BEFORE ROW UPDATE trigger could change any
- * column behind the statement's back.  Not reading the old rows halves a
- * bulk UPDATE's rendering.
+ * columns included), or if a BEFORE ROW UPDATE trigger (of the table or
+ * of a partition) could change any column behind the statement's back.
+ * Not reading the old rows halves a bulk UPDATE's rendering.
  */
 static bool
 update_may_change_keys(TriggerData *td, EcBoundTemplate *bts, int nbts)
 {
 	TriggerDesc *trigdesc = td->tg_relation->trigdesc;
 
+	/*
+	 * A partition's (or inheritance child's) own BEFORE ROW trigger fires
+	 * for rows updated through this table, and this table's trigdesc does
+	 * not show it: with descendants, read the old rows.
+	 */
 	if (td->tg_updatedcols == NULL ||
-		(trigdesc != NULL && trigdesc->trig_update_before_row))
+		(trigdesc != NULL && trigdesc->trig_update_before_row) ||
+		td->tg_relation->rd_rel->relhassubclass)
 		return true;
 	for (int i = 0; i < nbts; i++)
 	{

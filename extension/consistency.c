@@ -314,6 +314,8 @@ verify_leaf(Verify *v, Oid leaf, MemoryContext keep)
 		CHECK_FOR_INTERRUPTS();
 		if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "verify query failed: %s", sql);
+		/* SPI returns in its procedure context, which lives until the end */
+		MemoryContextSwitchTo(batchcxt);
 		if (!bound)
 		{
 			/* every batch has the same columns: bind once, for the leaf */

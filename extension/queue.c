@@ -16,7 +16,10 @@
  * A key already queued by the same transaction is not queued again.  The
  * dedup table remembers which subtransaction queued each key, so that a
  * rolled-back savepoint forgets its keys exactly as the heap forgets its
- * rows.
+ * rows: those are the keys added since it began, at the end of the list
+ * of entries in the order added, so neither a commit nor an abort of a
+ * subtransaction looks at the others (a loop of exception blocks was
+ * quadratic).
  *
  *-------------------------------------------------------------------------
  */
@@ -72,6 +75,7 @@ typedef struct QueuedKey
 {
 	char	   *key;			/* op byte followed by the key; hash key */
 	SubTransactionId subid;		/* subtransaction that queued it */
+	struct QueuedKey *prev;		/* the entry added before it */
 } QueuedKey;
 
 /*
@@ -83,6 +87,7 @@ static char *first_key = NULL;	/* op byte followed by the key */
 static SubTransactionId first_subid = InvalidSubTransactionId;
 static MemoryContext xact_cxt = NULL;
 static HTAB *queued_keys = NULL;
+static QueuedKey *last_added = NULL;
 static SubTransactionId max_subid = InvalidSubTransactionId;
 
 /*
@@ -101,6 +106,7 @@ reset_xact_state(void)
 	first_key = NULL;
 	xact_cxt = NULL;
 	queued_keys = NULL;
+	last_added = NULL;
 	max_subid = InvalidSubTransactionId;
 }
 
@@ -125,38 +131,28 @@ ec_xact_callback(XactEvent event, void *arg)
 	}
 }
 
+/*
+ * Subtransaction ids only grow within a transaction, and a subtransaction
+ * that begins while mySubid runs is inside it: the keys queued since
+ * mySubid began are exactly those with a subid >= mySubid, at the end of
+ * the list.  A commit changes nothing (an abort of an enclosing one finds
+ * them by the same test); an abort forgets them.
+ */
 static void
 ec_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 					SubTransactionId parentSubid, void *arg)
 {
-	HASH_SEQ_STATUS seq;
-	QueuedKey  *entry;
-
-	if (max_subid < mySubid)
+	if (event != SUBXACT_EVENT_ABORT_SUB || max_subid < mySubid)
 		return;					/* nothing queued at this level or below */
 
-	if (event != SUBXACT_EVENT_COMMIT_SUB && event != SUBXACT_EVENT_ABORT_SUB)
-		return;
-
-	if (first_key != NULL && first_subid == mySubid)
+	if (first_key != NULL && first_subid >= mySubid)
+		first_key = NULL;
+	while (last_added != NULL && last_added->subid >= mySubid)
 	{
-		if (event == SUBXACT_EVENT_COMMIT_SUB)
-			first_subid = parentSubid;
-		else
-			first_key = NULL;
-	}
-	if (queued_keys == NULL)
-		return;
+		QueuedKey  *prev = last_added->prev;
 
-	hash_seq_init(&seq, queued_keys);
-	while ((entry = hash_seq_search(&seq)) != NULL)
-	{
-		if (entry->subid != mySubid)
-			continue;
-		if (event == SUBXACT_EVENT_COMMIT_SUB)
-			entry->subid = parentSubid;
-		else
-			hash_search(queued_keys, &entry->key, HASH_REMOVE, NULL);
+		hash_search(queued_keys, &last_added->key, HASH_REMOVE, NULL);
+		last_added = prev;
 	}
 }
 
@@ -228,6 +224,27 @@ ec_queue_shape_ok(TupleDesc desc)
 	return true;
 }
 
+/*
+ * Can the catalog insert path maintain every index of the queue?  It
+ * handles plain immediate indexes only: an expression index would crash
+ * it (it has no executor state to evaluate one), and a partial or
+ * exclusion index would be maintained wrongly.
+ */
+static bool
+queue_indexes_ok(CatalogIndexState indstate)
+{
+	for (int i = 0; i < indstate->ri_NumIndices; i++)
+	{
+		IndexInfo  *ii = indstate->ri_IndexRelationInfo[i];
+
+		if (ii->ii_Expressions != NIL || ii->ii_Predicate != NIL ||
+			ii->ii_ExclusionOps != NULL ||
+			!indstate->ri_IndexRelationDescs[i]->rd_index->indimmediate)
+			return false;
+	}
+	return true;
+}
+
 EcQueueWriter *
 ec_queue_open(void)
 {
@@ -243,6 +260,12 @@ ec_queue_open(void)
 				 errhint("The table was changed by hand, or the extension's SQL and library versions differ. "
 						 "Reinstall: DROP EXTENSION entity_cache CASCADE; CREATE EXTENSION entity_cache; then watch() again.")));
 	w->indstate = CatalogOpenIndexes(w->rel);
+	if (!queue_indexes_ok(w->indstate))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("entity_cache.queue has an index this library cannot maintain"),
+				 errdetail("Only plain column indexes are supported on the queue: no expression, partial, exclusion or deferrable ones."),
+				 errhint("Drop that index from entity_cache.queue (it needs none).")));
 	w->now = GetCurrentTimestamp();
 	w->slot_cxt = CurrentMemoryContext;
 	w->cxt = AllocSetContextCreate(CurrentMemoryContext, "entity_cache queue rows",
@@ -338,6 +361,8 @@ remember_key(char op, const char *key)
 			entry = hash_search(queued_keys, &first_key, HASH_ENTER, &found);
 			entry->key = first_key;
 			entry->subid = first_subid;
+			entry->prev = NULL;
+			last_added = entry;
 			first_key = NULL;
 		}
 	}
@@ -357,6 +382,8 @@ remember_key(char op, const char *key)
 	}
 	entry->key = k;
 	entry->subid = subid;
+	entry->prev = last_added;
+	last_added = entry;
 	return true;
 }
 

@@ -48,6 +48,11 @@ SELECT entity_cache.sync('1 s');
 ROLLBACK;
 SELECT entity_cache.sync('-1 s');
 SELECT entity_cache.sync(NULL);
+-- a very long timeout is a long timeout, not a negative one (its
+-- microseconds overflowed int64) nor a deadline in the past
+SELECT entity_cache.sync('110000000 days');
+SELECT entity_cache.sync('1000000 years');
+SELECT entity_cache.sync('1 day -1000000 years');
 
 -- status: one row; the worker runs for another database, so here it
 -- shows none, and says why

@@ -135,6 +135,33 @@ COMMIT;
 SELECT * FROM queued;
 SELECT count(*) FROM take_queue();
 
+-- nested savepoints: a key queued in a released inner savepoint goes with
+-- the outer one's rollback; keys queued before a rolled-back savepoint, or
+-- after a released sibling, stay (each is queued again only if forgotten)
+BEGIN;
+UPDATE app.entity SET label = 'n0' WHERE code = 'e1';
+SAVEPOINT outer_sp;
+SAVEPOINT inner_sp;
+INSERT INTO app.entity (code) VALUES ('n1');
+RELEASE inner_sp;
+INSERT INTO app.entity (code) VALUES ('n2');
+ROLLBACK TO outer_sp;
+SAVEPOINT sib1;
+INSERT INTO app.entity (code) VALUES ('n3');
+RELEASE sib1;
+INSERT INTO app.entity (code) VALUES ('n4');
+SAVEPOINT sib2;
+INSERT INTO app.entity (code) VALUES ('n5');
+UPDATE app.entity SET label = 'n' WHERE code IN ('e1', 'n3', 'n4');
+ROLLBACK TO sib2;
+UPDATE app.entity SET label = 'n' WHERE code IN ('e1', 'n1', 'n3', 'n4', 'n5');
+INSERT INTO app.entity (code) VALUES ('n1'), ('n2'), ('n5');
+COMMIT;
+SELECT * FROM queued;
+SELECT count(*) FROM take_queue();
+DELETE FROM app.entity WHERE code LIKE 'n_';
+SELECT count(*) FROM take_queue();
+
 -- TRUNCATE queues a flush of each template's pattern
 TRUNCATE app.entity CASCADE;
 SELECT * FROM queued;

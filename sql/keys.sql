@@ -110,6 +110,26 @@ DROP TABLE app.pt, app.pt_asia;
 REVOKE ALL ON SCHEMA app FROM ec_part_owner;
 DROP ROLE ec_part_owner;
 
+-- a partition's own BEFORE ROW trigger changes a key column of a row
+-- updated through the parent, which sets no template column: the old key
+-- is queued too
+CREATE TABLE app.pb (id int, region text, label text, n int) PARTITION BY LIST (region);
+CREATE TABLE app.pb_us PARTITION OF app.pb FOR VALUES IN ('us');
+SELECT entity_cache.watch('app.pb', 'pb:{label}');
+INSERT INTO app.pb VALUES (1, 'us', 'a', 0);
+CREATE FUNCTION app.pb_relabel() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.label := NEW.label || '!';
+    RETURN NEW;
+END $$;
+CREATE TRIGGER relabel BEFORE UPDATE ON app.pb_us
+    FOR EACH ROW EXECUTE FUNCTION app.pb_relabel();
+SELECT count(*) FROM take_queue();
+UPDATE app.pb SET n = n + 1 WHERE id = 1;
+SELECT op, key FROM take_queue() ORDER BY key;
+DROP TABLE app.pb;
+DROP FUNCTION app.pb_relabel();
+
 -- inheritance: writes through the parent include its children's rows;
 -- a child written directly is watched only if watched itself
 CREATE TABLE app.inh (id int);
@@ -230,3 +250,18 @@ DELETE FROM app.entity WHERE code = 'kt';
 SELECT count(*) FROM take_queue();
 DROP TABLE app.typed;
 DROP DOMAIN app.when_d;
+
+-- invalidate() reads the row through SPI, whose columns skip dropped ones:
+-- a template column after a dropped column renders its own value
+ALTER TABLE app.entity ADD COLUMN pad int, ADD COLUMN late text;
+ALTER TABLE app.entity DROP COLUMN pad;
+SELECT entity_cache.watch('app.entity', 'entity:late:{late}:{label}');
+INSERT INTO app.entity (code, label, late) VALUES ('kd', 'lab', 'lt');
+SELECT op, key, vals FROM take_queue() ORDER BY key;
+SELECT entity_cache.invalidate('kd');
+SELECT op, key, vals FROM take_queue() ORDER BY key;
+SELECT entity_cache.unwatch('app.entity');
+SELECT entity_cache.watch('app.entity');
+DELETE FROM app.entity WHERE code = 'kd';
+ALTER TABLE app.entity DROP COLUMN late;
+SELECT count(*) FROM take_queue();
