@@ -27,8 +27,10 @@ EXTENSION = entity_cache
 # upgrade scripts, so a fresh install and an updated one run the same SQL
 # and every object is defined in one place.
 DATA = extension/entity_cache--1.0.sql \
-	extension/entity_cache--1.0--1.1.sql
-DATA_built = extension/entity_cache--1.1.sql
+	extension/entity_cache--1.0--1.1.sql \
+	extension/entity_cache--1.1--1.2.sql
+DATA_built = extension/entity_cache--1.1.sql \
+	extension/entity_cache--1.2.sql
 PGFILEDESC = "entity_cache - keep Redis cache keys in step with table changes"
 
 PG_CPPFLAGS = -I$(srcdir)/extension -I$(srcdir)/worker
@@ -50,6 +52,9 @@ include $(PGXS)
 $(OBJS): $(wildcard $(srcdir)/extension/*.h $(srcdir)/worker/*.h)
 
 extension/entity_cache--1.1.sql: extension/entity_cache--1.0.sql extension/entity_cache--1.0--1.1.sql
-	( echo '/* entity_cache--1.1.sql: built by make from the scripts below; edit those */'; \
+extension/entity_cache--1.2.sql: extension/entity_cache--1.0.sql extension/entity_cache--1.0--1.1.sql \
+	extension/entity_cache--1.1--1.2.sql
+$(DATA_built):
+	( echo '/* $(notdir $@): built by make from the scripts below; edit those */'; \
 	  printf '%s\n' '\echo Use "CREATE EXTENSION entity_cache" to load this file. \quit'; \
 	  sed '/^\\echo /d' $^ ) > $@

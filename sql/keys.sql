@@ -110,6 +110,29 @@ DROP TABLE app.pt, app.pt_asia;
 REVOKE ALL ON SCHEMA app FROM ec_part_owner;
 DROP ROLE ec_part_owner;
 
+-- a foreign-table partition gets no capture triggers (a foreign table can
+-- have no transition tables); partition DDL on watched tables goes on
+CREATE EXTENSION file_fdw;
+CREATE SERVER ec_files FOREIGN DATA WRAPPER file_fdw;
+CREATE TABLE app.fp (id int, region text) PARTITION BY LIST (region);
+SELECT entity_cache.watch('app.fp', 'fp:{region}:{id}');
+CREATE FOREIGN TABLE app.fp_far PARTITION OF app.fp FOR VALUES IN ('far')
+    SERVER ec_files OPTIONS (filename '/dev/null');
+CREATE TABLE app.fp_near PARTITION OF app.fp FOR VALUES IN ('near');
+SELECT entity_cache.watch('app.fp', 'fplist');
+SELECT tgrelid::regclass, count(*) FROM pg_trigger
+WHERE tgname LIKE 'entity_cache%' AND tgrelid::regclass::text LIKE 'app.fp%'
+GROUP BY 1 ORDER BY 1;
+INSERT INTO app.fp VALUES (1, 'near');
+INSERT INTO app.fp_near VALUES (2, 'near');
+SELECT op, key FROM take_queue() ORDER BY key;
+ALTER TABLE app.fp DETACH PARTITION app.fp_far;
+SELECT entity_cache.unwatch('app.fp');
+DROP TABLE app.fp;
+DROP FOREIGN TABLE app.fp_far;
+DROP SERVER ec_files;
+DROP EXTENSION file_fdw;
+
 -- a partition's own BEFORE ROW trigger changes a key column of a row
 -- updated through the parent, which sets no template column: the old key
 -- is queued too
