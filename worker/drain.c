@@ -902,7 +902,14 @@ ec_apply_again(EcQueueRow *rows, int n, StringInfo err)
 	ensure_batch_cxt();
 	if (!batch_needs_lookup(rows, n))
 	{
+		/*
+		 * No transaction: the current context is TopMemoryContext, where
+		 * what the cluster path allocates per batch would stay for good.
+		 */
+		MemoryContext old = MemoryContextSwitchTo(batch_cxt);
+
 		ok = apply_rows(rows, n, err);
+		MemoryContextSwitchTo(old);
 		MemoryContextReset(batch_cxt);
 		return ok;
 	}
