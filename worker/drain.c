@@ -722,7 +722,7 @@ static uint64 removed_since_vacuum = 0;
 static void
 vacuum_queue(void)
 {
-	VacuumStmt *stmt = makeNode(VacuumStmt);
+	VacuumStmt *stmt;
 	ParseState *pstate;
 	Oid			relid;
 
@@ -740,6 +740,8 @@ vacuum_queue(void)
 	}
 	UnlockRelationOid(relid, ShareUpdateExclusiveLock);
 
+	/* in the transaction: outside it, the current context is TopMemoryContext */
+	stmt = makeNode(VacuumStmt);
 	pstate = make_parsestate(NULL);
 	stmt->is_vacuumcmd = true;
 	/* never wait behind autovacuum: if it holds the queue, it does the job */
