@@ -57,6 +57,14 @@
 #define UNLINK_CHUNK 1000
 
 /*
+ * Bytes of arguments sent in one round trip at most: a connection's output
+ * buffer is a StringInfo, which cannot pass 1 GB, and a refresh batch of
+ * large rows can (an "out of memory" ERROR, the same batch again after the
+ * restart, forever).  A larger batch takes several round trips.
+ */
+#define PIPELINE_BYTES (64 * 1024 * 1024)
+
+/*
  * A prepared row lookup for refresh mode, per (relation, template): the
  * placeholders' columns compared with typed parameters, whose values are
  * read back from the queue's text with each column's input function.  The
@@ -513,6 +521,37 @@ collapse_duplicates(EcQueueRow *rows, int n)
 	}
 }
 
+/*
+ * ec_cluster_run() on commands of up to PIPELINE_BYTES at a time; every
+ * chunk is tried (each row counts by its own command), the first error is
+ * told.
+ */
+static bool
+run_cluster_chunks(EcRoutedCmd *cmds, int ncmds, StringInfo err)
+{
+	StringInfoData later;
+	bool		ok = true;
+
+	initStringInfo(&later);
+	for (int from = 0; from < ncmds;)
+	{
+		size_t		bytes = 0;
+		int			to = from;
+
+		while (to < ncmds && (to == from || bytes < PIPELINE_BYTES))
+		{
+			for (int a = 0; a < cmds[to].argc; a++)
+				bytes += cmds[to].argvlen[a];
+			to++;
+		}
+		if (!ec_cluster_run(cmds + from, to - from, ok ? err : &later))
+			ok = false;
+		from = to;
+	}
+	pfree(later.data);
+	return ok;
+}
+
 /* order of rows by key slot, for apply_keys_cluster */
 static int
 cmp_slot(const void *a, const void *b)
@@ -595,7 +634,7 @@ apply_keys_cluster(EcQueueRow *rows, int n, char **jsons, const char *ttl,
 		ncmds++;
 	}
 
-	ok = ec_cluster_run(cmds, ncmds, err);
+	ok = run_cluster_chunks(cmds, ncmds, err);
 	for (int i = 0; i < n; i++)
 		if (cmd_of[i] >= 0)
 			rows[i].applied = cmds[cmd_of[i]].done;
@@ -609,6 +648,7 @@ apply_rows(EcQueueRow *rows, int n, StringInfo err)
 	const char **argv = MemoryContextAlloc(batch_cxt, sizeof(char *) * (UNLINK_CHUNK + 1));
 	size_t	   *argvlen = MemoryContextAlloc(batch_cxt, sizeof(size_t) * (UNLINK_CHUNK + 1));
 	int			nargs = 0;
+	size_t		bytes = 0;
 	char		ttl[16];
 
 	snprintf(ttl, sizeof(ttl), "%d", ec_ttl);
@@ -634,11 +674,23 @@ apply_rows(EcQueueRow *rows, int n, StringInfo err)
 	{
 		if (!IS_KEY_OP(rows[i].op) || rows[i].key == NULL)
 			continue;
+		if (bytes >= PIPELINE_BYTES)
+		{
+			/* what is appended so far goes now: the buffer stays bounded */
+			if (nargs > 0)
+				ec_redis_append(nargs + 1, argv, argvlen);
+			nargs = 0;
+			bytes = 0;
+			if (!ec_redis_read_replies(err))
+				return false;
+		}
+		bytes += rows[i].keylen;
 		if (jsons[i])
 		{
 			const char *sargv[5] = {"SET", rows[i].key, jsons[i], "EX", ttl};
 			size_t		sargvlen[5] = {3, rows[i].keylen, strlen(jsons[i]), 2, strlen(ttl)};
 
+			bytes += sargvlen[2];
 			ec_redis_append(5, sargv, sargvlen);
 			continue;
 		}
@@ -670,7 +722,7 @@ static uint64 removed_since_vacuum = 0;
 static void
 vacuum_queue(void)
 {
-	VacuumStmt *stmt = makeNode(VacuumStmt);
+	VacuumStmt *stmt;
 	ParseState *pstate;
 	Oid			relid;
 
@@ -688,6 +740,8 @@ vacuum_queue(void)
 	}
 	UnlockRelationOid(relid, ShareUpdateExclusiveLock);
 
+	/* in the transaction: outside it, the current context is TopMemoryContext */
+	stmt = makeNode(VacuumStmt);
 	pstate = make_parsestate(NULL);
 	stmt->is_vacuumcmd = true;
 	/* never wait behind autovacuum: if it holds the queue, it does the job */
@@ -902,7 +956,14 @@ ec_apply_again(EcQueueRow *rows, int n, StringInfo err)
 	ensure_batch_cxt();
 	if (!batch_needs_lookup(rows, n))
 	{
+		/*
+		 * No transaction: the current context is TopMemoryContext, where
+		 * what the cluster path allocates per batch would stay for good.
+		 */
+		MemoryContext old = MemoryContextSwitchTo(batch_cxt);
+
 		ok = apply_rows(rows, n, err);
+		MemoryContextSwitchTo(old);
 		MemoryContextReset(batch_cxt);
 		return ok;
 	}

@@ -319,22 +319,26 @@ ec_redelete_next_wait(long max_ms)
 /*
  * After a round trip of redeletes: an entry with steps left waits for the
  * next; one done (or taken early to keep memory bounded) is forgotten.
- * After a failure every entry goes back as it was: the connection is gone
- * then, and the worker's loop reconnects first.
+ * After a failure an entry that was not acknowledged goes back as it was.
+ * On a cluster each key is acknowledged by its own node (rows[i].applied):
+ * a node down, or a slot without a primary, holds back only its own keys,
+ * not every entry taken with them, which would then stay pending for as
+ * long as that lasts, however many keys are applied meanwhile.
  */
 static void
-requeue_taken(Pending **taken, bool *early, int n, bool ok)
+requeue_taken(Pending **taken, const EcQueueRow *rows, bool *early, int n, bool ok)
 {
 	for (int i = 0; i < n; i++)
 	{
 		Pending    *p = taken[i];
+		bool		done = ok || rows[i].applied;
 
-		if (ok && (early[i] || is_last_step(p->step)))
+		if (done && (early[i] || is_last_step(p->step)))
 		{
 			forget(p);
 			continue;
 		}
-		if (ok)
+		if (done)
 		{
 			p->step++;
 			p->due = step_due(p->applied_at, p->step);
@@ -376,16 +380,16 @@ ec_redelete_run_due(void)
 			break;
 		pairingheap_remove_first(by_due);
 		rows[n] = p->row;
+		rows[n].applied = false;	/* set by the application, if acknowledged */
 		early[n] = over && p->due > now;
 		taken[n++] = p;
 	}
 	/* the check above makes n at least 1 */
 	initStringInfo(&err);
 	ok = ec_apply_again(rows, n, &err);
-	requeue_taken(taken, early, n, ok);
-	if (ok)
-		publish_count();
-	else
+	requeue_taken(taken, rows, early, n, ok);
+	publish_count();
+	if (!ok)
 		ec_set_error("redelete: %s", err.data);
 	pfree(err.data);
 	pfree(rows);

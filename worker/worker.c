@@ -505,8 +505,18 @@ entity_cache_worker_main(Datum main_arg)
 			continue;
 		batch_start = GetCurrentTimestamp();
 		napplied = drain_once(&st);
-		/* keys applied redelete_delay ago, once more (errors: see status) */
-		(void) ec_redelete_run_due();
+		/*
+		 * Keys applied redelete_delay ago, once more (errors: see status).
+		 * Failed entries are due again at once, and an error reply (a
+		 * read-only Redis) keeps the connection: back off as after a failed
+		 * batch, or this loop would resend them as fast as Redis answers.
+		 */
+		if (!ec_redelete_run_due())
+		{
+			st.backoff = next_backoff(st.backoff);
+			backoff_wait(st.backoff);
+			continue;
+		}
 		if (napplied >= 0)
 			pause_after_batch(batch_start, (uint64) napplied);
 	}
