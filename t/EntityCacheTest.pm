@@ -230,7 +230,9 @@ sub cluster_cli
 	return redis_cli($c->{seed}, '-c', @args);
 }
 
-# every live node says cluster_state:ok and all agree on the primaries
+# every live node says cluster_state:ok and all agree on the primaries and
+# on the slots each owns (a failover that starts before the replica knows
+# its primary's newest slots can leave one unowned)
 sub cluster_wait_ok
 {
 	my ($c, $timeout) = @_;
@@ -240,9 +242,25 @@ sub cluster_wait_ok
 		{
 			return 0 unless redis_cli($r, 'CLUSTER', 'INFO') =~ /cluster_state:ok/;
 		}
-		my %views = map { join(',', cluster_primaries($c, $_)) => 1 } @live;
+		my %views = map { cluster_slot_view($_) => 1 } @live;
 		return keys %views == 1;
 	}, $timeout // 60);
+}
+
+# which primary owns which slots, as node $r sees it: "port slots; ..."
+# (a slot being migrated shows only on its two nodes and is left out)
+sub cluster_slot_view
+{
+	my ($r) = @_;
+	my @view;
+	for my $line (split /\n/, redis_cli($r, 'CLUSTER', 'NODES'))
+	{
+		my @f = split ' ', $line;
+		next unless @f >= 9 && $f[2] =~ /master/ && $f[2] !~ /fail/;
+		my ($port) = $f[1] =~ /:(\d+)@/;
+		push @view, "$port " . join(',', grep { /^\d+(-\d+)?$/ } @f[ 8 .. $#f ]);
+	}
+	return join('; ', sort @view);
 }
 
 # ports of the primaries that own slots, as node $r (default: any live) sees them
