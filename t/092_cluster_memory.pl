@@ -13,7 +13,6 @@ use lib $FindBin::RealBin;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(sleep);
 use EntityCacheTest;
 
 my $c = start_redis_cluster(primaries => 3, replicas => 0);
@@ -30,38 +29,10 @@ $node->safe_psql('postgres',
 	q{INSERT INTO app.entity (code, label) SELECT 'e' || g, 'L' || g FROM generate_series(1, 1000) g});
 ok(wait_for_sync($node), 'rows applied');
 
-sub rounds
-{
-	my ($from, $to) = @_;
-	for my $i ($from .. $to)
-	{
-		$node->safe_psql('postgres', "UPDATE app.entity SET label = 'r$i'");
-		wait_for_sync($node) or return 0;
-		# every redelete done before the next round
-		wait_until(sub { ec_status($node)->{redelete_pending} eq '0' }) or return 0;
-	}
-	return 1;
-}
-
-# the worker's TopMemoryContext, bytes used by its own chunks
-sub top_used
-{
-	my $pid = ec_status($node)->{worker_pid};
-	my $offset = -s $node->logfile;
-	$node->safe_psql('postgres', "SELECT pg_log_backend_memory_contexts($pid)");
-	my $used;
-	wait_until(sub {
-		my $log = slurp_file($node->logfile, $offset);
-		($used) = $log =~ /level: 0; TopMemoryContext: \d+ total in \d+ blocks; \d+ free \(\d+ chunks\); (\d+) used/;
-		defined $used;
-	}) or die 'no memory context dump in the log';
-	return $used;
-}
-
-ok(rounds(1, 3), 'warm-up rounds applied and redeleted');
-my $before = top_used();
-ok(rounds(4, 23), '20 rounds of 1,000 keys applied and redeleted');
-my $after = top_used();
+ok(update_rounds($node, 1, 3, redeletes => 1), 'warm-up rounds applied and redeleted');
+my $before = worker_top_memory($node);
+ok(update_rounds($node, 4, 23, redeletes => 1), '20 rounds of 1,000 keys applied and redeleted');
+my $after = worker_top_memory($node);
 my $pid = ec_status($node)->{worker_pid};
 cmp_ok($after - $before, '<', 200_000,
 	"worker's TopMemoryContext: $before bytes used before, $after after (pid $pid)");

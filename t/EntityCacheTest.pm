@@ -19,7 +19,7 @@ our @EXPORT = qw(start_redis restart_redis redis_cli stop_redis new_node
   wait_for_worker never_within make_test_certs redis_url
   start_redis_cluster cluster_cli cluster_primaries cluster_wait_ok
   cluster_dump row_jsons lost_and_stale start_update_load finish_update_load
-  reload_with);
+  reload_with update_rounds worker_top_memory);
 
 # What the last status, query or redis-cli call of a wait saw: wait_until
 # prints it when it gives up, as poll_query_until prints the last output.
@@ -538,6 +538,40 @@ sub worker_pid
 		1;
 	} or $err = "psql: $@";
 	return _saw("worker pid: $out$err", defined $ret && $ret == 0 ? $out : '');
+}
+
+# Rounds $from .. $to of one UPDATE of every app.entity row, each applied
+# (sync) and, with redeletes => 1, redeleted (status.redelete_pending back
+# to 0) before the next; false if one is not.
+sub update_rounds
+{
+	my ($node, $from, $to, %opts) = @_;
+	for my $i ($from .. $to)
+	{
+		$node->safe_psql('postgres', "UPDATE app.entity SET label = 'r$i'");
+		wait_for_sync($node) or return 0;
+		next unless $opts{redeletes};
+		wait_until(sub { ec_status($node)->{redelete_pending} eq '0' }) or return 0;
+	}
+	return 1;
+}
+
+# Bytes the worker's TopMemoryContext uses for its own chunks, from the
+# dump pg_log_backend_memory_contexts() writes to the server log: what a
+# worker leaks between transactions, where that is the current context.
+sub worker_top_memory
+{
+	my ($node) = @_;
+	my $pid = ec_status($node)->{worker_pid};
+	my $offset = -s $node->logfile;
+	$node->safe_psql('postgres', "SELECT pg_log_backend_memory_contexts($pid)");
+	my $used;
+	wait_until(sub {
+		my $log = PostgreSQL::Test::Utils::slurp_file($node->logfile, $offset);
+		($used) = $log =~ /level: 0; TopMemoryContext: \d+ total in \d+ blocks; \d+ free \(\d+ chunks\); (\d+) used/;
+		defined $used;
+	}) or die 'no memory context dump in the log';
+	return $used;
 }
 
 # how many entity_cache workers the node runs (0 on a standby)
