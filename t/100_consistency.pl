@@ -293,15 +293,22 @@ psql(q{
 	SELECT entity_cache.watch('app.wide', 'wide:{id}');
 });
 my $hwm = q{(regexp_match(pg_read_file('/proc/self/status'), 'VmHWM:\s+(\d+)'))[1]::bigint};
-my ($wide_problems, $grown_kb) = split /\n/, psql(qq{
+my ($wide_problems, $grown_kb, $asan) = split /\n/, psql(qq{
 	CREATE TEMP TABLE hwm AS SELECT $hwm AS kb;
 	SELECT count(*) FROM entity_cache.verify('app.wide');
 	SELECT $hwm - kb FROM hwm;
+	SELECT pg_read_file('/proc/self/maps') LIKE '%libasan%';
 });
 is($wide_problems, '0', 'verify() of wide rows: nothing cached, nothing to report');
-cmp_ok($grown_kb, '<', 90 * 1024,
-	"verify() of 180 MB of rendered values: the backend's peak grew by less than 90 MB");
 note("verify() of app.wide: peak memory grew by $grown_kb kB");
+SKIP:
+{
+	# scripts/test-memcheck: ASan keeps freed memory in quarantine (256 MB
+	# by default) to catch use after free, so the peak says nothing there
+	skip 'the backend runs with AddressSanitizer (scripts/test-memcheck)', 1 if $asan eq 't';
+	cmp_ok($grown_kb, '<', 90 * 1024,
+		"verify() of 180 MB of rendered values: the backend's peak grew by less than 90 MB");
+}
 psql('SELECT entity_cache.unwatch(\'app.wide\'); DROP TABLE app.wide');
 
 # ---------------------------------------------------------------------
