@@ -247,20 +247,28 @@ sub cluster_wait_ok
 	}, $timeout // 60);
 }
 
-# which primary owns which slots, as node $r sees it: "port slots; ..."
-# (a slot being migrated shows only on its two nodes and is left out)
-sub cluster_slot_view
+# [ port, slot ranges ] of every primary that owns slots and is not failing,
+# as node $r sees it (a slot being migrated, shown only on its two nodes
+# as "[slot->-id]", is left out)
+sub _cluster_masters
 {
 	my ($r) = @_;
-	my @view;
+	my @m;
 	for my $line (split /\n/, redis_cli($r, 'CLUSTER', 'NODES'))
 	{
 		my @f = split ' ', $line;
 		next unless @f >= 9 && $f[2] =~ /master/ && $f[2] !~ /fail/;
 		my ($port) = $f[1] =~ /:(\d+)@/;
-		push @view, "$port " . join(',', grep { /^\d+(-\d+)?$/ } @f[ 8 .. $#f ]);
+		push @m, [ $port, join(',', grep { /^\d+(-\d+)?$/ } @f[ 8 .. $#f ]) ];
 	}
-	return join('; ', sort @view);
+	return @m;
+}
+
+# which primary owns which slots, as node $r sees it: "port slots; ..."
+sub cluster_slot_view
+{
+	my ($r) = @_;
+	return join('; ', sort map { "$_->[0] $_->[1]" } _cluster_masters($r));
 }
 
 # ports of the primaries that own slots, as node $r (default: any live) sees them
@@ -268,14 +276,7 @@ sub cluster_primaries
 {
 	my ($c, $r) = @_;
 	$r //= (grep { $_->{pid} } @{ $c->{nodes} })[0];
-	my @p;
-	for my $line (split /\n/, redis_cli($r, 'CLUSTER', 'NODES'))
-	{
-		my @f = split ' ', $line;
-		next unless @f >= 9 && $f[2] =~ /master/ && $f[2] !~ /fail/;
-		push @p, $1 if $f[1] =~ /:(\d+)@/;
-	}
-	return sort { $a <=> $b } @p;
+	return sort { $a <=> $b } map { $_->[0] } _cluster_masters($r);
 }
 
 # { key => value } of every key matching $glob on every primary

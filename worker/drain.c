@@ -559,6 +559,15 @@ cmp_slot(const void *a, const void *b)
 	return ((const int *) a)[0] - ((const int *) b)[0];
 }
 
+/* The UNLINK of the *nargs keys after argv[0], if any, is appended. */
+static void
+append_unlink(const char **argv, size_t *argvlen, int *nargs)
+{
+	if (*nargs > 0)
+		ec_redis_append(*nargs + 1, argv, argvlen);
+	*nargs = 0;
+}
+
 /*
  * The keys of a batch on a Redis Cluster: an UNLINK per slot (a multi-key
  * command must stay within one slot) and a SET per refreshed key, all sent
@@ -677,9 +686,7 @@ apply_rows(EcQueueRow *rows, int n, StringInfo err)
 		if (bytes >= PIPELINE_BYTES)
 		{
 			/* what is appended so far goes now: the buffer stays bounded */
-			if (nargs > 0)
-				ec_redis_append(nargs + 1, argv, argvlen);
-			nargs = 0;
+			append_unlink(argv, argvlen, &nargs);
 			bytes = 0;
 			if (!ec_redis_read_replies(err))
 				return false;
@@ -697,13 +704,9 @@ apply_rows(EcQueueRow *rows, int n, StringInfo err)
 		argv[nargs + 1] = rows[i].key;
 		argvlen[nargs + 1] = rows[i].keylen;
 		if (++nargs == UNLINK_CHUNK)
-		{
-			ec_redis_append(nargs + 1, argv, argvlen);
-			nargs = 0;
-		}
+			append_unlink(argv, argvlen, &nargs);
 	}
-	if (nargs > 0)
-		ec_redis_append(nargs + 1, argv, argvlen);
+	append_unlink(argv, argvlen, &nargs);
 
 	return ec_redis_read_replies(err);
 }

@@ -348,18 +348,19 @@ requeue_taken(Pending **taken, const EcQueueRow *rows, bool *early, int n, bool 
 }
 
 /*
- * Apply the first RUN_CHUNK due entries in one round trip.  Errors go to
- * status like any other.
+ * Apply the first RUN_CHUNK due entries in one round trip.  On a failure,
+ * returns false with err said ("redelete: ..."); the caller records it
+ * and backs off, as for a failed batch.
  */
 bool
-ec_redelete_run_due(void)
+ec_redelete_run_due(StringInfo err)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	EcQueueRow *rows;
 	Pending   **taken;
 	bool	   *early;
 	int			n = 0;
-	StringInfoData err;
+	StringInfoData why;
 	bool		ok;
 
 	if (pending == NULL || pairingheap_is_empty(by_due) || !ec_redis_is_connected())
@@ -385,13 +386,13 @@ ec_redelete_run_due(void)
 		taken[n++] = p;
 	}
 	/* the check above makes n at least 1 */
-	initStringInfo(&err);
-	ok = ec_apply_again(rows, n, &err);
+	initStringInfo(&why);
+	ok = ec_apply_again(rows, n, &why);
 	requeue_taken(taken, rows, early, n, ok);
 	publish_count();
 	if (!ok)
-		ec_set_error("redelete: %s", err.data);
-	pfree(err.data);
+		appendStringInfo(err, "redelete: %s", why.data);
+	pfree(why.data);
 	pfree(rows);
 	pfree(taken);
 	pfree(early);

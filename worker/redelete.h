@@ -22,6 +22,6 @@ extern void ec_redelete_schedule(EcQueueRow *rows, int n);
 extern long ec_redelete_next_wait(long max_ms);
 
 /* apply (one round trip of) the redeletes that are due; false on error */
-extern bool ec_redelete_run_due(void);
+extern bool ec_redelete_run_due(StringInfo err);
 
 #endif							/* EC_REDELETE_H */

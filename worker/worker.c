@@ -506,15 +506,15 @@ entity_cache_worker_main(Datum main_arg)
 		batch_start = GetCurrentTimestamp();
 		napplied = drain_once(&st);
 		/*
-		 * Keys applied redelete_delay ago, once more (errors: see status).
-		 * Failed entries are due again at once, and an error reply (a
-		 * read-only Redis) keeps the connection: back off as after a failed
-		 * batch, or this loop would resend them as fast as Redis answers.
+		 * Keys applied redelete_delay ago, once more.  Failed entries are
+		 * due again at once, and an error reply (a read-only Redis) keeps
+		 * the connection: back off as after a failed batch, or this loop
+		 * would resend them as fast as Redis answers.
 		 */
-		if (!ec_redelete_run_due())
+		resetStringInfo(&st.err);
+		if (!ec_redelete_run_due(&st.err))
 		{
-			st.backoff = next_backoff(st.backoff);
-			backoff_wait(st.backoff);
+			st.backoff = fail_and_back_off(st.err.data, st.backoff);
 			continue;
 		}
 		if (napplied >= 0)
